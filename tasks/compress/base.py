@@ -1,0 +1,72 @@
+"""The one small interface every compression method implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from frugal.config import ModelConfig, TrainConfig
+    from tasks.common import Splits
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+class MethodOptions(BaseModel):
+    """A method's options: defaults, help text and validation in one place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class CompressContext:
+    """What a method may use besides its input model."""
+
+    data: Splits
+    labels: list[str]
+    seed: int
+    train: TrainConfig  # the fine-tuning settings: the template for recovery and distillation training
+    model: ModelConfig  # the pretrained model, for methods that start from it (LoRA)
+    serve_device: str  # where variants are evaluated and served: a method that cannot run there is skipped
+    scratch: Path
+
+
+@dataclass
+class StepReport:
+    """What a step wants recorded on its MLflow run besides the model."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Method(ABC):
+    """Turns the model folder `src` into a new model folder `dst` (see frugal/modelio.py).
+
+    Raise ``frugal.errors.SkipVariant`` when the hardware cannot run the method.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    heavy: ClassVar[bool] = False  # trains: belongs on a GPU worker in `workers` mode
+
+    def __init__(self, options: MethodOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any]) -> Method:
+        return cls(cls.Options(**options))
+
+    @abstractmethod
+    def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport: ...
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"compression method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls

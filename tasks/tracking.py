@@ -1,0 +1,191 @@
+"""MLflow bookkeeping: one parent run per pipeline run, one nested run per variant.
+
+Every call names its run id explicitly (no fluent "active run" state), so stages can run in
+any thread or process and still log to the right run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from frugal.paths import ROOT, ProjectPaths
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from frugal.config import RunConfig
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ROOT / "requirements" / "lock.txt"
+
+
+def tracking_uri(cfg: RunConfig, paths: ProjectPaths) -> str:
+    """MLFLOW_TRACKING_URI wins, then the config, then a SQLite file in the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri or f"sqlite:///{paths.mlflow_db}"
+
+
+def client(cfg: RunConfig, paths: ProjectPaths) -> MlflowClient:
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg, paths)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, uri)
+
+
+def mlflow_client() -> MlflowClient:
+    """A client on the store configured for this process by `client()`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    return MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+
+
+def experiment_id(cfg: RunConfig, paths: ProjectPaths) -> str:
+    mlc = client(cfg, paths)
+    found = mlc.get_experiment_by_name(cfg.experiment_name)
+    if found is not None:
+        return found.experiment_id
+    local = tracking_uri(cfg, paths).startswith("sqlite:")
+    location = paths.mlflow_artifacts.as_uri() if local else None
+    return mlc.create_experiment(cfg.experiment_name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def parent_run(cfg: RunConfig, paths: ProjectPaths, run_name: str | None = None) -> Iterator[str]:
+    """Open the pipeline's parent run; it ends FAILED if anything inside raises."""
+    from mlflow.entities import Param
+
+    exp_id = experiment_id(cfg, paths)
+    mlc = mlflow_client()
+    run = mlc.create_run(exp_id, run_name=run_name, tags=provenance_tags(cfg))
+    run_id = run.info.run_id
+    try:
+        params = [Param(k, v[:6000]) for k, v in cfg.flat().items()]
+        for start in range(0, len(params), 100):
+            mlc.log_batch(run_id, params=params[start : start + 100])
+        yield run_id
+    except BaseException as exc:
+        mlc.set_tag(run_id, "error", str(exc)[:5000])
+        mlc.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        mlc.set_terminated(run_id, "FINISHED")
+
+
+def child_run(parent_run_id: str, variant: str, tags: dict[str, str] | None = None) -> str:
+    mlc = mlflow_client()
+    parent = mlc.get_run(parent_run_id)
+    run = mlc.create_run(
+        parent.info.experiment_id,
+        run_name=variant,
+        tags={"mlflow.parentRunId": parent_run_id, "variant": variant, **parent_tags(parent.data.tags), **(tags or {})},
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def nested_run(parent_run_id: str, variant: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A nested run that ends FAILED, with the error as a tag, if anything inside raises."""
+    run_id = child_run(parent_run_id, variant, tags)
+    try:
+        yield run_id
+    except BaseException as exc:
+        set_tags(run_id, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
+        end_run(run_id, "FAILED")
+        raise
+    else:
+        end_run(run_id, "FINISHED")
+
+
+def parent_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Provenance tags a nested run inherits, so each variant row in the UI carries them."""
+    return {k: v for k, v in tags.items() if k in ("git_commit", "git_dirty", "config_hash", "lock_hash", "data_hash")}
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    mlflow_client().set_terminated(run_id, status)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    if batch:
+        mlflow_client().log_batch(run_id, metrics=batch)
+
+
+def log_history(run_id: str, history: list[dict[str, float]]) -> None:
+    """Training curves: each entry's values logged at its `step`."""
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    batch = [Metric(k, float(v), now, int(h["step"])) for h in history for k, v in h.items() if k != "step"]
+    if batch:
+        mlflow_client().log_batch(run_id, metrics=batch)
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    if params:
+        mlflow_client().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    mlc = mlflow_client()
+    for key, value in tags.items():
+        mlc.set_tag(run_id, key, str(value))
+
+
+def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
+    log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    mlflow_client().log_text(run_id, text, artifact_file)
+
+
+def log_file(run_id: str, path: Path, artifact_dir: str | None = None) -> None:
+    mlflow_client().log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_dir(run_id: str, path: Path, artifact_dir: str) -> None:
+    mlflow_client().log_artifacts(run_id, str(path), artifact_dir)
+
+
+def download(run_id: str, artifact_path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow_client().download_artifacts(run_id, artifact_path, str(dst)))
+
+
+def provenance_tags(cfg: RunConfig) -> dict[str, str]:
+    commit, dirty = _git_state()
+    lock = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:12] if LOCK_FILE.is_file() else "none"
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "config_hash": cfg.digest(), "lock_hash": lock, "config_name": cfg.name}
+
+
+def _git_state() -> tuple[str, bool]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+

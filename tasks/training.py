@@ -1,0 +1,225 @@
+"""One training loop for every stage that trains: fine-tuning, recovery after pruning, distillation, LoRA.
+
+Seeded batch order, model selection on val macro-F1, and checkpoints from which a crashed
+run resumes at the step it reached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from frugal.config import TrainConfig
+from frugal.runtime import Tokenize
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+LossFn = Callable[["torch.Tensor", "torch.Tensor", np.ndarray], "torch.Tensor"]
+
+
+@dataclass
+class TrainResult:
+    best_val_macro_f1: float
+    steps: int
+    seconds: float
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        from frugal.errors import ConfigError
+
+        raise ConfigError("finetune.device is cuda but no CUDA device is visible.", "Set finetune.device: auto or cpu.")
+    return choice
+
+
+def macro_f1(model: torch.nn.Module, tokenize: Tokenize, frame: pd.DataFrame, labels: list[str], device: str) -> float:
+    from sklearn.metrics import f1_score
+
+    predicted = predict_indices(model, tokenize, list(frame["text"]), device)
+    truth = frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    return float(f1_score(truth, predicted, average="macro", labels=list(range(len(labels))), zero_division=0))
+
+
+def predict_logits(model: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize(texts[start : start + batch_size]).items()}
+            out.append(model(**batch).logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def predict_indices(model: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str) -> np.ndarray:
+    return predict_logits(model, tokenize, texts, device).argmax(axis=1)
+
+
+def train(
+    model: torch.nn.Module,
+    tokenize: Tokenize,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    labels: list[str],
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_dir: Path | None,
+    resume_key: str,
+    loss_fn: LossFn | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train in place; on return the model holds the weights with the best val macro-F1."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    label_ids = train_df["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    texts = list(train_df["text"])
+    steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    state = _State(best_f1=-1.0, step=0, history=[], best=None)
+    if checkpoint_dir is not None:
+        state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler) or state
+    loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
+    torch.manual_seed(seed + state.step)
+    started = time.perf_counter() - state.seconds
+    bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
+    for step in range(state.step, total_steps):
+        idx = _batch_indices(step, steps_per_epoch, len(texts), cfg.batch_size, seed)
+        batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
+        with _autocast(device):
+            logits = model(**batch).logits.float()
+        loss = loss_fn(logits, torch.from_numpy(label_ids[idx]).to(device), idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", best_f1=f"{state.best_f1:.3f}", refresh=False)
+        done = step + 1
+        if done % eval_every == 0 or done == total_steps:
+            _evaluate(model, tokenize, val_df, labels, device, state, done, float(loss.item()))
+        state.step, state.seconds = done, time.perf_counter() - started
+        if checkpoint_dir is not None and (done % cfg.checkpoint_every_steps == 0) and done < total_steps:
+            _save_checkpoint(checkpoint_dir, resume_key, model, optimizer, scheduler, state)
+    bar.close()
+    if state.best is not None:
+        model.load_state_dict(state.best)
+    model.eval()
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, state.history)
+
+
+@dataclass
+class _State:
+    best_f1: float
+    step: int
+    history: list[dict[str, float]]
+    best: dict[str, Any] | None
+    seconds: float = 0.0
+
+
+def _batch_indices(step: int, steps_per_epoch: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """The same batches in the same order for a given seed, so a resumed run continues the original."""
+    epoch, within = divmod(step, steps_per_epoch)
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    return order[within * batch_size : (within + 1) * batch_size]
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _autocast(device: str) -> Any:
+    import contextlib
+
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _evaluate(model: Any, tokenize: Tokenize, val_df: pd.DataFrame, labels: list[str], device: str, state: _State, step: int, loss: float) -> None:
+    f1 = macro_f1(model, tokenize, val_df, labels, device)
+    state.history.append({"step": step, "train_loss": loss, "val_macro_f1": f1})
+    if f1 > state.best_f1:
+        state.best_f1 = f1
+        state.best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    log.info("step %d: val macro-F1 %.4f (best %.4f)", step, f1, state.best_f1)
+
+
+def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, state: _State) -> None:
+    """Write to a temporary folder and rename, so a crash mid-write leaves the previous checkpoint intact."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    if state.best is not None:
+        save_file({k: v.contiguous() for k, v in state.best.items()}, str(tmp / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    progress = {"key": key, "step": state.step, "best_f1": state.best_f1, "history": state.history, "seconds": state.seconds}
+    (tmp / "progress.json").write_text(json.dumps(progress))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)
+
+
+def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any) -> _State | None:
+    import torch
+    from safetensors.torch import load_file
+
+    progress_file = ckpt / "progress.json"
+    if not progress_file.is_file():
+        return None
+    progress = json.loads(progress_file.read_text())
+    if progress["key"] != key:
+        log.info("Ignoring checkpoint in %s: it belongs to another config or data version", ckpt)
+        return None
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    states = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
+    log.info("Resuming from checkpoint at step %d", progress["step"])
+    return _State(progress["best_f1"], progress["step"], progress["history"], best, progress.get("seconds", 0.0))
