@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from frugal.errors import FrugalError
@@ -14,8 +15,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("run", "run the whole pipeline"), ("show-config", "print the resolved config")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("-c", "--config", default="default", help="config name under configs/ or a YAML path (default: default)")
-        cmd.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override one config value, e.g. -s finetune.epochs=1 (repeatable)")
+        cmd.add_argument(
+            "-s",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one config value, e.g. -s finetune.epochs=1 (repeatable)",
+        )
     run = sub.choices["run"]
     run.add_argument("--project-dir", default=None, help="where data/, data.dvc and the MLflow store live (default: the repo)")
     return parser
@@ -23,13 +31,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home from the temporary server
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     try:
+        from frugal.config import load_config
+
+        cfg = load_config(args.config, args.overrides)  # fail fast, before a Prefect server starts
         if args.command == "show-config":
             import yaml
 
-            from frugal.config import load_config
-
-            print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False))
+            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             return 0
         from flows.pipeline import pipeline
 

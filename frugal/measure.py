@@ -28,7 +28,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(model_dir: str, test_parquet: str, batch_size: int, threads: int, warmup_batches: int, latency_samples: int, device: str) -> dict:
+def measure(
+    model_dir: str, test_parquet: str, batch_size: int, threads: int, warmup_batches: int, latency_samples: int, device: str
+) -> dict:
     from frugal.runtime import load_predictor
 
     started = time.perf_counter()

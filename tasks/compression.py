@@ -76,7 +76,9 @@ def _remember(paths: ProjectPaths, key: str, run_id: str, model_dir: Path, secon
     record.write_text(json.dumps({"run_id": run_id, "model_dir": str(model_dir), "seconds": seconds}))
 
 
-def build_variant(name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str) -> Variant:
+def build_variant(
+    name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str
+) -> Variant:
     ctx = context(cfg, data, paths)
     chain = " -> ".join(s.method for s in steps)
     variant_run = tracking.child_run(run_id, name, {"method": steps[-1].method, "chain": chain})
@@ -115,6 +117,8 @@ def build_variant(name: str, steps: list[StepConfig], baseline: Variant, data: S
 
 
 @stage(name="compress")
-def compress(name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str) -> Variant:
+def compress(
+    name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str
+) -> Variant:
     """One variant; never raises for a method's own failure (see module docstring)."""
     return build_variant(name, steps, baseline, data, cfg, paths, run_id)

@@ -109,8 +109,13 @@ def evaluate(variant: Variant, data: Splits, cfg: RunConfig) -> Scores | None:
         return None
     tracking.log_params(
         variant.run_id,
-        {"eval_threads": cfg.evaluate.threads, "eval_batch_size": cfg.evaluate.batch_size, "hardware_profile": cfg.evaluate.instance,
-         "eval_device": "cpu", "test_rows": data.rows["test"]},
+        {
+            "eval_threads": cfg.evaluate.threads,
+            "eval_batch_size": cfg.evaluate.batch_size,
+            "hardware_profile": cfg.evaluate.instance,
+            "eval_device": "cpu",
+            "test_rows": data.rows["test"],
+        },
     )
     try:
         metrics = score(variant, data, cfg)
@@ -124,6 +129,11 @@ def evaluate(variant: Variant, data: Splits, cfg: RunConfig) -> Scores | None:
     tracking.log_metrics(variant.run_id, metrics)
     log.info(
         "%s: macro-F1 %.4f, p50 %.1f ms, %.0f texts/s, %.1f MB, $%.4f per 1M",
-        variant.name, metrics["macro_f1"], metrics["latency_p50_ms"], metrics["throughput_per_s"], metrics["model_size_mb"], metrics["usd_per_1m"],
+        variant.name,
+        metrics["macro_f1"],
+        metrics["latency_p50_ms"],
+        metrics["throughput_per_s"],
+        metrics["model_size_mb"],
+        metrics["usd_per_1m"],
     )
     return Scores(variant.name, variant.run_id, metrics)

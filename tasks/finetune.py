@@ -56,8 +56,9 @@ def finetune(data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str) -> 
             desc="finetune",
         )
         total = count_params(model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         save_hf(model, model_dir, Manifest(format="hf", labels=cfg.data.labels, max_length=cfg.model.max_length, params=total))
-        params, metrics = training_record(result, cfg.finetune, total, total)
+        params, metrics = training_record(result, cfg.finetune, trainable, total)
         tracking.log_params(child, params)
         tracking.log_metrics(child, metrics)
         tracking.log_history(child, result.history)

@@ -27,8 +27,11 @@ from tasks.select import Selection
 log = logging.getLogger(__name__)
 BUNDLE = "bundle"
 ALIAS = "champion"
-_RUNTIMES = {"onnx": ("onnxruntime", "tokenizers"), "hf": ("torch", "transformers", "safetensors", "tokenizers"),
-             "torch-int8": ("torch", "transformers", "safetensors", "tokenizers")}
+_RUNTIMES = {
+    "onnx": ("onnxruntime", "tokenizers"),
+    "hf": ("torch", "transformers", "safetensors", "tokenizers"),
+    "torch-int8": ("torch", "transformers", "safetensors", "tokenizers"),
+}
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,22 @@ def register(bundle: Bundle, selection: Selection, data: Splits, cfg: RunConfig,
         floor = selection.baseline.metrics["macro_f1"] - cfg.select.tolerance
         old_cost = float(version.tags.get("usd_per_1m", "inf"))
         if old_f1 >= floor and old_cost <= new["usd_per_1m"]:
-            reason = (f"kept v{version.version}: macro-F1 {old_f1:.4f} on this test split is within tolerance and it costs "
-                      f"${old_cost:.4f}/1M <= ${new['usd_per_1m']:.4f}/1M")
+            reason = (
+                f"kept v{version.version}: macro-F1 {old_f1:.4f} on this test split is within tolerance and it costs "
+                f"${old_cost:.4f}/1M <= ${new['usd_per_1m']:.4f}/1M"
+            )
             tracking.set_tags(run_id, {"registry": reason})
             log.info("Registry: %s", reason)
             return Registration(None, False, reason)
-    tags = {"variant": bundle.variant, "pipeline_run_id": run_id, "variant_run_id": selection.champion.run_id,
-            "data_hash": data.md5, "config_hash": cfg.digest(), "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"]}
+    tags = {
+        "variant": bundle.variant,
+        "pipeline_run_id": run_id,
+        "variant_run_id": selection.champion.run_id,
+        "data_hash": data.md5,
+        "config_hash": cfg.digest(),
+        "macro_f1": new["macro_f1"],
+        "usd_per_1m": new["usd_per_1m"],
+    }
     version = mlflow.register_model(bundle.uri, name, tags={k: str(v) for k, v in tags.items()})
     tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version.version)
     reason = f"{name} v{version.version} ({bundle.variant}) is now @{ALIAS}"

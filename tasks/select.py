@@ -16,8 +16,19 @@ from tasks import tracking
 from tasks.common import Scores, Variant, stage
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ("macro_f1", "f1_retained", "usd_per_1m", "cost_ratio_vs_baseline", "speedup_vs_baseline",
-                 "latency_p50_ms", "throughput_per_s", "model_size_mb", "params_m", "peak_rss_mb", "train_seconds")
+TABLE_COLUMNS = (
+    "macro_f1",
+    "f1_retained",
+    "usd_per_1m",
+    "cost_ratio_vs_baseline",
+    "speedup_vs_baseline",
+    "latency_p50_ms",
+    "throughput_per_s",
+    "model_size_mb",
+    "params_m",
+    "peak_rss_mb",
+    "train_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ def pareto_front(scores: list[Scores]) -> list[str]:
 
     def dominated(s: Scores) -> bool:
         return any(
-            o.metrics["usd_per_1m"] <= s.metrics["usd_per_1m"] and o.metrics["macro_f1"] >= s.metrics["macro_f1"]
+            o.metrics["usd_per_1m"] <= s.metrics["usd_per_1m"]
+            and o.metrics["macro_f1"] >= s.metrics["macro_f1"]
             and (o.metrics["usd_per_1m"] < s.metrics["usd_per_1m"] or o.metrics["macro_f1"] > s.metrics["macro_f1"])
             for o in scores
         )
@@ -85,11 +97,17 @@ def frontier_png(scores: list[Scores], frontier: list[str], champion: str, toler
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in scores:
         on_front = s.variant in frontier
-        ax.scatter(s.metrics["usd_per_1m"], s.metrics["macro_f1"], s=70 if on_front else 35,
-                   c="tab:red" if s.variant == champion else ("tab:blue" if on_front else "tab:gray"))
+        ax.scatter(
+            s.metrics["usd_per_1m"],
+            s.metrics["macro_f1"],
+            s=70 if on_front else 35,
+            c="tab:red" if s.variant == champion else ("tab:blue" if on_front else "tab:gray"),
+        )
         ax.annotate(s.variant, (s.metrics["usd_per_1m"], s.metrics["macro_f1"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = sorted((s for s in scores if s.variant in frontier), key=lambda s: s.metrics["usd_per_1m"])
-    ax.plot([s.metrics["usd_per_1m"] for s in front], [s.metrics["macro_f1"] for s in front], "--", c="tab:blue", lw=1, label="Pareto frontier")
+    ax.plot(
+        [s.metrics["usd_per_1m"] for s in front], [s.metrics["macro_f1"] for s in front], "--", c="tab:blue", lw=1, label="Pareto frontier"
+    )
     ax.axhline(tolerance_floor, c="tab:red", lw=0.8, ls=":", label="baseline macro-F1 - tolerance")
     ax.set_xscale("log")
     ax.set_xlabel("USD per 1M predictions (log)")

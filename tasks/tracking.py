@@ -188,4 +188,3 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-

@@ -63,13 +63,19 @@ def predict_logits(model: torch.nn.Module, tokenize: Tokenize, texts: list[str],
 
     was_training = model.training
     model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize(texts[start : start + batch_size]).items()}
+            chunk = [texts[i] for i in order[start : start + batch_size]]
+            batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize(chunk).items()}
             out.append(model(**batch).logits.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    if not out:
+        return np.zeros((0, 0))
+    logits = np.empty_like(np.concatenate(out))
+    logits[order] = np.concatenate(out)
+    return logits
 
 
 def predict_indices(model: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str) -> np.ndarray:
@@ -98,6 +104,7 @@ def train(
     model.to(device).train()
     label_ids = train_df["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
     texts = list(train_df["text"])
+    lengths = np.array([len(t) for t in texts])
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
@@ -110,7 +117,10 @@ def train(
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
     for step in range(state.step, total_steps):
-        idx = _batch_indices(step, steps_per_epoch, len(texts), cfg.batch_size, seed)
+        epoch, within = divmod(step, steps_per_epoch)
+        if within == 0 or step == state.step:
+            batches = _epoch_batches(epoch, lengths, cfg.batch_size, seed)
+        idx = batches[within]
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
         with _autocast(device):
             logits = model(**batch).logits.float()
@@ -146,16 +156,31 @@ class _State:
     seconds: float = 0.0
 
 
-def _batch_indices(step: int, steps_per_epoch: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-    """The same batches in the same order for a given seed, so a resumed run continues the original."""
-    epoch, within = divmod(step, steps_per_epoch)
-    order = np.random.default_rng(seed + epoch).permutation(n)
-    return order[within * batch_size : (within + 1) * batch_size]
+def _epoch_batches(epoch: int, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Seeded batches for one epoch, grouped by length so little compute goes to padding.
+
+    Texts are shuffled, sorted by length within windows of 50 batches, cut into batches,
+    and the batches shuffled. The same seed gives the same batches, so a resumed run
+    continues the original one.
+    """
+    rng = np.random.default_rng(seed + epoch)
+    order = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
     import torch
 
+    if cfg.freeze_embeddings:
+        for name, param in model.named_parameters():
+            if "word_embeddings" in name:
+                param.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total_steps)
@@ -178,7 +203,9 @@ def _autocast(device: str) -> Any:
     return contextlib.nullcontext()
 
 
-def _evaluate(model: Any, tokenize: Tokenize, val_df: pd.DataFrame, labels: list[str], device: str, state: _State, step: int, loss: float) -> None:
+def _evaluate(
+    model: Any, tokenize: Tokenize, val_df: pd.DataFrame, labels: list[str], device: str, state: _State, step: int, loss: float
+) -> None:
     f1 = macro_f1(model, tokenize, val_df, labels, device)
     state.history.append({"step": step, "train_loss": loss, "val_macro_f1": f1})
     if f1 > state.best_f1:

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real smoke config, a real SQLite MLflow store, a tiny fine-tuned model.
+
+Nothing here is mocked: MLflow, DVC, Great Expectations and Prefect all run for real, on
+temporary folders, because each starts in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from frugal.config import RunConfig, load_config  # noqa: E402
+from frugal.paths import ProjectPaths  # noqa: E402
+from tasks import tracking  # noqa: E402
+from tasks.common import Splits, Variant  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """gpu and docker tests run only where the hardware or daemon is there; elsewhere they say why they skipped."""
+    import subprocess
+
+    import torch
+
+    has_docker = shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "docker" in item.keywords and not has_docker:
+            item.add_marker(pytest.mark.skip(reason="needs a running Docker daemon"))
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg() -> RunConfig:
+    return load_config("smoke")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig) -> ProjectPaths:
+    """One SQLite MLflow store for the unit tests (creating one costs seconds)."""
+    paths = ProjectPaths(tmp_path_factory.mktemp("store"))
+    tracking.client(smoke_cfg, paths)
+    return paths
+
+
+@pytest.fixture
+def parent_run(store: ProjectPaths, smoke_cfg: RunConfig) -> Iterator[str]:
+    tracking.client(smoke_cfg, store)
+    with tracking.parent_run(smoke_cfg, store, run_name="unit-test") as run_id:
+        yield run_id
+
+
+@pytest.fixture(scope="session")
+def smoke_splits(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig) -> Splits:
+    from tasks.data import clean, load_source, split, write_splits
+
+    frame, _ = clean(load_source(smoke_cfg.data, Path.cwd()), smoke_cfg.data)
+    return write_splits(split(frame, smoke_cfg.data, smoke_cfg.seed), tmp_path_factory.mktemp("splits"))
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths) -> Variant:
+    """The smoke baseline, fine-tuned once for every test that needs a model."""
+    from tasks.finetune import finetune
+
+    tracking.client(smoke_cfg, store)
+    with tracking.parent_run(smoke_cfg, store, run_name="baseline-fixture") as run_id:
+        return finetune.fn(smoke_splits, smoke_cfg, store, run_id)

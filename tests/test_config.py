@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from frugal.config import CONFIGS_DIR, load_config, load_hardware
+from frugal.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.name == name
+    assert "int8-dynamic" in cfg.compress.variants
+    assert cfg.flat()["data.labels"] == '["negative", "neutral", "positive"]'
+
+
+def test_every_experiment_config_loads() -> None:
+    for path in sorted((CONFIGS_DIR / "experiments").glob("*.yaml")):
+        assert load_config(path).name
+
+
+def test_smoke_extends_default_and_overrides_only_what_it_names() -> None:
+    default, smoke = load_config("default"), load_config("smoke")
+    assert smoke.model.source == "tiny" and default.model.source == "embedded"
+    assert smoke.data.labels == default.data.labels
+    assert smoke.evaluate.threads == default.evaluate.threads
+
+
+def test_override_sets_a_nested_value() -> None:
+    cfg = load_config("smoke", ["finetune.epochs=3", "data.labels=[a, b]"])
+    assert cfg.finetune.epochs == 3
+    assert cfg.data.labels == ["a", "b"]
+
+
+def test_unknown_key_is_one_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'finetune\.epoch'"):
+        load_config("smoke", ["finetune.epoch=3"])
+
+
+def test_bad_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"'finetune\.learning_rate'"):
+        load_config("smoke", ["finetune.learning_rate=-1"])
+
+
+def test_unknown_compression_method_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown compression method 'zip'.*dynamic_int8"):
+        load_config("smoke", ["compress.variants={v: {method: zip}}"])
+
+
+def test_bad_method_option_names_variant_and_option() -> None:
+    with pytest.raises(ConfigError, match=r"variant 'v', method 'dynamic_int8': bits"):
+        load_config("smoke", ["compress.variants={v: {method: dynamic_int8, bits: 4}}"])
+
+
+def test_unknown_instance_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"evaluate\.instance='nope'"):
+        load_config("smoke", ["evaluate.instance=nope"])
+
+
+def test_missing_config_file_names_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_hardware_prices_name_their_source_and_date() -> None:
+    for instance in load_hardware().values():
+        assert instance.usd_per_hour > 0 and instance.source and instance.as_of
+
+
+def test_config_digest_changes_with_content() -> None:
+    assert load_config("smoke").digest() != load_config("smoke", ["seed=1"]).digest()

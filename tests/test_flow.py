@@ -1,0 +1,143 @@
+"""The whole pipeline on the smoke config, under a real (temporary) Prefect server, and its bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import COST, QUALITY, RELATIVE
+
+from frugal.errors import ConfigError, DataError, FrugalError, ModelError
+from frugal.paths import ProjectPaths
+
+METRICS = QUALITY | COST | RELATIVE
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("project")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(prefect_server: None, project: Path):
+    from flows.pipeline import pipeline
+
+    return pipeline(config="smoke", project_dir=str(project))
+
+
+def client(project: Path):
+    from frugal.config import load_config
+    from tasks import tracking
+
+    return tracking.client(load_config("smoke"), ProjectPaths(project))
+
+
+def test_smoke_pipeline_end_to_end(smoke_run, project: Path) -> None:
+    mlc = client(project)
+    parent = mlc.get_run(smoke_run.run_id)
+    assert parent.info.status == "FINISHED"
+    assert {"git_commit", "git_dirty", "config_hash", "lock_hash", "data_hash"} <= set(parent.data.tags)
+    assert parent.data.params["finetune.epochs"] == "6.0" and parent.data.params["model.source"] == "tiny"
+
+    data_dvc = yaml.safe_load((project / "data.dvc").read_text())
+    assert data_dvc["outs"][0]["md5"] == parent.data.tags["data_hash"] == smoke_run.data_hash
+
+    children = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke_run.run_id}'")
+    variants = {r.data.tags["variant"]: r for r in children}
+    assert set(variants) == {"baseline", "int8-dynamic"}
+    for name, run in variants.items():
+        assert METRICS <= set(run.data.metrics), f"{name} misses {METRICS - set(run.data.metrics)}"
+    artifacts = {a.path for a in mlc.list_artifacts(smoke_run.run_id)}
+    assert {"comparison.md", "pareto_frontier.png", "bundle", "validation", "data"} <= artifacts
+
+    version = mlc.get_model_version_by_alias("frugal-smoke", "champion")
+    assert version.tags["variant"] == parent.data.tags["champion_variant"]
+    assert version.run_id == smoke_run.run_id
+
+
+def test_served_champion_predicts(smoke_run, project: Path) -> None:
+    import mlflow.pyfunc
+
+    client(project)
+    out = mlflow.pyfunc.load_model("models:/frugal-smoke@champion").predict(pd.DataFrame({"text": ["love it", "hate it"]}))
+    assert len(out) == 2 and set(out["label"]) <= {"negative", "neutral", "positive"}
+
+
+def write_csv(path: Path, rows: dict) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+BAD_INPUTS = {
+    "missing data file": (["data.source=file", "data.path=/no/such/file.csv"], DataError, "does not exist"),
+    "empty file": (["data.source=file", "data.path={tmp}/empty.csv"], DataError, "is empty"),
+    "no label column": (["data.source=file", "data.path={tmp}/nolabel.csv"], DataError, "no column 'sentiment'"),
+    "labels outside the set": (["data.source=file", "data.path={tmp}/badlabels.csv"], DataError, "label outside data.labels"),
+    "every row invalid": (["data.source=file", "data.path={tmp}/blank.csv"], DataError, "Every row was removed"),
+    "model path missing": (["model.source=path", "model.name_or_path=/no/such/model"], ModelError, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_cleanly_and_leaves_no_trace(case: str, smoke_run, project: Path, tmp_path: Path) -> None:
+    from flows.pipeline import pipeline
+
+    (tmp_path / "empty.csv").write_text("")
+    write_csv(tmp_path / "nolabel.csv", {"text": ["a", "b"]})
+    write_csv(tmp_path / "badlabels.csv", {"text": [f"t{i}" for i in range(20)], "sentiment": ["good", "bad"] * 10})
+    write_csv(tmp_path / "blank.csv", {"text": [" ", "  "], "sentiment": ["positive", "negative"]})
+    overrides, error, message = BAD_INPUTS[case]
+    mlc = client(project)
+    champion_before = mlc.get_model_version_by_alias("frugal-smoke", "champion").version
+    versions_before = len(mlc.search_model_versions("name='frugal-smoke'"))
+    data_dvc_before = (project / "data.dvc").read_text()
+
+    with pytest.raises(error, match=message) as err:
+        pipeline(config="smoke", overrides=[o.format(tmp=tmp_path) for o in overrides], project_dir=str(project))
+    assert err.value.fix  # every user error says how to fix it
+
+    experiment = mlc.get_experiment_by_name("smoke")
+    latest = mlc.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert latest.info.status == "FAILED" and message in latest.data.tags["error"]
+    assert mlc.get_model_version_by_alias("frugal-smoke", "champion").version == champion_before
+    assert len(mlc.search_model_versions("name='frugal-smoke'")) == versions_before
+    assert (project / "data.dvc").read_text() == data_dvc_before
+
+
+def test_unknown_config_key_fails_before_any_run(smoke_run, project: Path) -> None:
+    from flows.pipeline import pipeline
+
+    mlc = client(project)
+    experiment = mlc.get_experiment_by_name("smoke")
+    runs_before = len(mlc.search_runs([experiment.experiment_id]))
+    with pytest.raises(ConfigError, match="unknown config key 'finetune.epochz'"):
+        pipeline(config="smoke", overrides=["finetune.epochz=1"], project_dir=str(project))
+    assert len(mlc.search_runs([experiment.experiment_id])) == runs_before
+
+
+def test_cli_prints_one_clear_line_for_a_user_error(project: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "frugal.cli", "run", "-c", "smoke", "-s", "data.bogus=1", "--project-dir", str(project)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("frugal: error: Invalid config: unknown config key 'data.bogus'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+
+
+def test_frugal_error_is_the_base_of_user_errors() -> None:
+    assert issubclass(DataError, FrugalError) and issubclass(ModelError, FrugalError) and issubclass(ConfigError, FrugalError)

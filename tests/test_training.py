@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from helpers import shrink
+
+from frugal.config import RunConfig
+from frugal.modelio import Manifest, load_torch
+from frugal.runtime import Tokenize
+from tasks.common import Splits, Variant
+from tasks.modeling import load_pretrained
+from tasks.tracking import mlflow_client
+from tasks.training import _epoch_batches, train
+
+
+def test_finetune_logs_the_baseline_run(baseline: Variant, smoke_cfg: RunConfig) -> None:
+    run = mlflow_client().get_run(baseline.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["variant"] == "baseline"
+    assert {"best_val_macro_f1", "train_seconds", "train_usd", "val_macro_f1"} <= set(run.data.metrics)
+    assert Manifest.load(baseline.model_dir).format == "hf"
+    assert any(a.path == "model" for a in mlflow_client().list_artifacts(baseline.run_id))
+
+
+def test_finetuned_model_beats_chance(baseline: Variant) -> None:
+    assert mlflow_client().get_run(baseline.run_id).data.metrics["best_val_macro_f1"] > 0.34
+
+
+def test_batches_cover_every_row_once_per_epoch_and_repeat_with_the_seed() -> None:
+    lengths = torch.randint(1, 100, (1000,)).numpy()
+    batches = _epoch_batches(0, lengths, 32, seed=7)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    again = _epoch_batches(0, lengths, 32, seed=7)
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))
+    assert any((a != b).any() for a, b in zip(batches, _epoch_batches(1, lengths, 32, seed=7), strict=False))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
+    cfg = shrink(smoke_cfg, finetune={"checkpoint_every_steps": 5, "epochs": 1}).finetune
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    tokenize = Tokenize(baseline.model_dir, 64)
+    steps_seen: list[int] = []
+
+    def crash_at_12(logits: torch.Tensor, targets: torch.Tensor, idx: object) -> torch.Tensor:
+        steps_seen.append(1)
+        if len(steps_seen) == 12:
+            raise Crash
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    ckpt = tmp_path / "ckpt"
+    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
+    with pytest.raises(Crash):
+        train(model, tokenize, train_df, val_df, smoke_cfg.data.labels, cfg, 0, ckpt, "key-1", loss_fn=crash_at_12)
+    assert (ckpt / "progress.json").is_file()
+
+    resumed: list[int] = []
+
+    def count(logits: torch.Tensor, targets: torch.Tensor, idx: object) -> torch.Tensor:
+        resumed.append(1)
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
+    result = train(model, tokenize, train_df, val_df, smoke_cfg.data.labels, cfg, 0, ckpt, "key-1", loss_fn=count)
+    assert len(resumed) == result.steps - 10  # picked up after the checkpoint at step 10
+    assert not ckpt.exists()  # a finished run cleans up
+
+
+def test_a_checkpoint_of_another_config_is_ignored(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
+    cfg = shrink(smoke_cfg, finetune={"checkpoint_every_steps": 5, "epochs": 1}).finetune
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "progress.json").write_text('{"key": "other", "step": 3}')
+    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
+    result = train(model, Tokenize(baseline.model_dir, 64), train_df, val_df, smoke_cfg.data.labels, cfg, 0, ckpt, "key-2")
+    assert result.steps > 3 and len(result.history) >= 1
+
+
+def test_saved_baseline_reloads_with_identical_predictions(baseline: Variant, smoke_splits: Splits) -> None:
+    from helpers import sample_texts
+
+    from frugal.runtime import load_predictor
+
+    texts = sample_texts(smoke_splits)
+    first, second = load_predictor(baseline.model_dir), load_predictor(baseline.model_dir)
+    assert (first.predict_proba(texts) == second.predict_proba(texts)).all()
+    assert isinstance(load_torch(baseline.model_dir), torch.nn.Module)
