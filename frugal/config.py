@@ -159,6 +159,7 @@ class CompressConfig(Strict):
 
 
 class EvaluateConfig(Strict):
+    device: Literal["cpu", "cuda"] = Field(description="Where variants are measured and served; methods it cannot run are skipped.")
     batch_size: int = Field(gt=0, description="Batch size for the throughput measurement.")
     threads: int = Field(gt=0, description="CPU threads every variant is measured with.")
     warmup_batches: int = Field(ge=0, description="Untimed batches before timing starts.")

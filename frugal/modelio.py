@@ -7,6 +7,7 @@ and ``tokenizer/``. Formats:
   config says (structured pruning); the loader sizes each layer from the saved tensor.
 - ``torch-int8``: dynamic int8 Linear weights stored as int8 tensors + scales in safetensors.
 - ``onnx``: ``model.onnx`` for ONNX Runtime.
+- ``hf-nf4``: a transformers save with bitsandbytes 4-bit weights (CUDA only).
 
 Weights are only ever read from safetensors or ONNX: nothing here unpickles.
 """
@@ -86,6 +87,11 @@ def save_hf(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
     manifest.save(dst)
 
 
+def save_torch(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
+    """Save in the format the manifest names (``hf`` or ``torch-int8``)."""
+    (save_int8 if manifest.format == "torch-int8" else save_hf)(model, dst, manifest)
+
+
 def save_int8(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
     """Save a dynamically quantized model: int8 weights, their scales and zero points, fp32 rest."""
     import torch
@@ -116,12 +122,16 @@ def save_int8(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
 
 
 def load_torch(model_dir: Path) -> torch.nn.Module:
-    """Load an ``hf`` or ``torch-int8`` model folder into an eval-mode PyTorch module."""
+    """Load an ``hf``, ``torch-int8`` or ``hf-nf4`` model folder into an eval-mode PyTorch module."""
     import torch
     from safetensors import safe_open
 
     model_dir = Path(model_dir)
     manifest = Manifest.load(model_dir)
+    if manifest.format == "hf-nf4":  # bitsandbytes 4-bit: transformers restores the quantized layers on CUDA
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, device_map="cuda").eval()
     with safe_open(str(model_dir / WEIGHTS), "pt") as handle:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}

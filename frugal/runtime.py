@@ -69,7 +69,8 @@ class TorchPredictor(Predictor):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model = load_torch(model_dir).to(self.device)
+        model = load_torch(model_dir)
+        self.model = model if manifest.format == "hf-nf4" else model.to(self.device)
         self._torch = torch
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -99,7 +100,7 @@ class OnnxPredictor(Predictor):
 
 def load_predictor(model_dir: str | Path, threads: int | None = None, device: str = "cpu") -> Predictor:
     manifest = Manifest.load(Path(model_dir))
-    kinds: dict[str, Any] = {"hf": TorchPredictor, "torch-int8": TorchPredictor, "onnx": OnnxPredictor}
+    kinds: dict[str, Any] = {"hf": TorchPredictor, "torch-int8": TorchPredictor, "hf-nf4": TorchPredictor, "onnx": OnnxPredictor}
     if manifest.format not in kinds:
         raise ValueError(f"model format {manifest.format!r} cannot be served on {device}")
     return kinds[manifest.format](Path(model_dir), manifest, threads, device)

@@ -35,7 +35,7 @@ def context(cfg: RunConfig, data: Splits, paths: ProjectPaths) -> CompressContex
         seed=cfg.seed,
         train=cfg.finetune,
         model=cfg.model,
-        serve_device="cpu",
+        serve_device=cfg.evaluate.device,
         scratch=paths.work / "scratch",
     )
 

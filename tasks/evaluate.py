@@ -33,7 +33,7 @@ def run_measurement(model_dir: Path, test_parquet: Path, cfg: RunConfig) -> dict
         "threads": cfg.evaluate.threads,
         "warmup_batches": cfg.evaluate.warmup_batches,
         "latency_samples": cfg.evaluate.latency_samples,
-        "device": "cpu",
+        "device": cfg.evaluate.device,
     }
     threads = str(cfg.evaluate.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
@@ -113,7 +113,7 @@ def evaluate(variant: Variant, data: Splits, cfg: RunConfig) -> Scores | None:
             "eval_threads": cfg.evaluate.threads,
             "eval_batch_size": cfg.evaluate.batch_size,
             "hardware_profile": cfg.evaluate.instance,
-            "eval_device": "cpu",
+            "eval_device": cfg.evaluate.device,
             "test_rows": data.rows["test"],
         },
     )

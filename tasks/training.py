@@ -102,7 +102,7 @@ def train(
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model.to(device).train()
-    label_ids = train_df["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}), dtype=np.int64)
     texts = list(train_df["text"])
     lengths = np.array([len(t) for t in texts])
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tasks.compress.base import REGISTRY, CompressContext, Method, register
+from tasks.compress.base import REGISTRY, CompressContext, Method, StepReport, TorchMethod, register
 
-__all__ = ["REGISTRY", "CompressContext", "Method", "get_method", "register", "validate_step"]
+__all__ = ["REGISTRY", "CompressContext", "Method", "StepReport", "TorchMethod", "get_method", "register", "validate_step"]
 
 _discovered = False
 
@@ -24,7 +24,7 @@ def _discover() -> None:
     global _discovered
     if not _discovered:
         for module in pkgutil.iter_modules(__path__):
-            if module.name != "base":
+            if module.name != "base" and not module.name.startswith("_"):
                 importlib.import_module(f"{__name__}.{module.name}")
         _discovered = True
 

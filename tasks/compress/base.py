@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import torch
+
     from frugal.config import ModelConfig, TrainConfig
+    from frugal.modelio import Manifest
     from tasks.common import Splits
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -63,6 +66,28 @@ class Method(ABC):
 
     @abstractmethod
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport: ...
+
+
+class TorchMethod(Method):
+    """A method whose result is a PyTorch model: `build` makes it in memory, `apply` saves it.
+
+    Keeping the two apart lets tests compare the model before saving with the one reloaded.
+    """
+
+    @abstractmethod
+    def build(self, src: Path, ctx: CompressContext) -> tuple[torch.nn.Module, Manifest, StepReport]: ...
+
+    def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
+        model, manifest, report = self.build(src, ctx)
+        self.save(model, manifest, src, dst)
+        return report
+
+    @staticmethod
+    def save(model: torch.nn.Module, manifest: Manifest, src: Path, dst: Path) -> None:
+        from frugal.modelio import copy_tokenizer, save_torch
+
+        save_torch(model, dst, manifest)
+        copy_tokenizer(src, dst)
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from frugal.modelio import Manifest, copy_tokenizer, count_params, load_torch, quantize_dynamic_int8, save_int8
-from tasks.compress.base import CompressContext, Method, StepReport, register
+from frugal.modelio import count_params, load_torch, quantize_dynamic_int8
+from tasks.compress._common import require_format
+from tasks.compress.base import CompressContext, StepReport, TorchMethod, register
 
 
 @register
-class DynamicInt8(Method):
+class DynamicInt8(TorchMethod):
     name = "dynamic_int8"
 
-    def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
-        manifest = Manifest.load(src)
-        if manifest.format != "hf":
-            raise ValueError(f"dynamic_int8 needs a PyTorch (hf) model, got {manifest.format!r}")
+    def build(self, src: Path, ctx: CompressContext):
+        manifest = require_format(src, "hf", self.name)
         model = quantize_dynamic_int8(load_torch(src).float())
-        save_int8(model, dst, manifest.derive(format="torch-int8", dtype="qint8", params=count_params(model)))
-        copy_tokenizer(src, dst)
-        return StepReport(notes=["Linear weights int8 (per-tensor); embeddings and LayerNorm stay fp32."])
+        out = manifest.derive(format="torch-int8", dtype="qint8", params=count_params(model), lineage=[*manifest.lineage, self.name])
+        return model, out, StepReport(notes=["Linear weights int8 (per-tensor); embeddings and LayerNorm stay fp32."])

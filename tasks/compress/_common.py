@@ -1,0 +1,88 @@
+"""Helpers the compression methods share (not a method: discovery skips modules starting with _)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from frugal.config import TrainConfig
+from frugal.modelio import Manifest
+from frugal.runtime import Tokenize
+from tasks.compress.base import CompressContext, StepReport
+from tasks.training import LossFn, TrainResult, predict_logits, resolve_device, train
+
+if TYPE_CHECKING:
+    import torch
+
+
+def require_format(src: Path, fmt: str, method: str) -> Manifest:
+    manifest = Manifest.load(src)
+    if manifest.format != fmt:
+        kind = {"hf": "a PyTorch (hf)", "onnx": "an ONNX"}.get(fmt, fmt)
+        raise ValueError(f"{method} needs {kind} model, got {manifest.format!r}; put it earlier in the chain")
+    return manifest
+
+
+def splits(ctx: CompressContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(ctx.data.path("train")), pd.read_parquet(ctx.data.path("val"))
+
+
+def train_config(ctx: CompressContext, **overrides: Any) -> TrainConfig:
+    """The fine-tuning settings with a method's own overrides (None = keep the fine-tuning value)."""
+    return ctx.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def soft_targets(teacher: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str) -> np.ndarray:
+    """The teacher's logits on every training text, computed once before the student trains."""
+    return predict_logits(teacher.to(device), tokenize, texts, device)
+
+
+def distillation_loss(teacher_logits: np.ndarray, temperature: float, alpha: float) -> LossFn:
+    """alpha * KL(student || teacher) at temperature T (scaled by T^2) + (1 - alpha) * cross-entropy on labels."""
+    import torch
+    import torch.nn.functional as F
+
+    targets = torch.from_numpy(teacher_logits).float()
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        teacher = targets[torch.from_numpy(np.asarray(idx))].to(logits.device)
+        soft = F.kl_div(
+            F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1), log_target=True, reduction="batchmean"
+        )
+        return alpha * soft * temperature**2 + (1 - alpha) * F.cross_entropy(logits, labels)
+
+    return loss
+
+
+def train_with_teacher(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    src: Path,
+    ctx: CompressContext,
+    cfg: TrainConfig,
+    temperature: float,
+    alpha: float,
+    desc: str,
+) -> TrainResult:
+    """Train `student` on the train split, distilling from `teacher` when one is given."""
+    manifest = Manifest.load(src)
+    tokenize = Tokenize(src, manifest.max_length)
+    train_df, val_df = splits(ctx)
+    loss = None
+    if teacher is not None and alpha > 0:
+        logits = soft_targets(teacher, tokenize, list(train_df["text"]), resolve_device(cfg.device))
+        loss = distillation_loss(logits, temperature, alpha)
+    return train(
+        student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed, checkpoint_dir=None, resume_key="", loss_fn=loss, desc=desc
+    )
+
+
+def training_report(result: TrainResult, trainable: int, total: int, **params: Any) -> StepReport:
+    """What a training method records; its time is recorded by the compress stage for every method alike."""
+    return StepReport(
+        params={"train_device": result.device, "train_steps": result.steps, "trainable_params": trainable, **params},
+        metrics={"best_val_macro_f1": result.best_val_macro_f1, "trainable_share": trainable / total},
+    )

@@ -1,0 +1,46 @@
+"""4-bit weight-only quantization (bitsandbytes NF4) for GPU serving; recorded as skipped elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from frugal.errors import SkipVariant
+from frugal.modelio import Manifest, copy_tokenizer
+from tasks.compress._common import require_format
+from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
+
+
+class Nf4Options(MethodOptions):
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/weight).")
+    compute_dtype: str = Field("bfloat16", description="dtype the 4-bit weights are dequantized to for matmuls.")
+
+
+@register
+class Nf4(Method):
+    name = "nf4"
+    Options = Nf4Options
+    heavy = True
+
+    def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
+        import torch
+
+        if ctx.serve_device != "cuda" or not torch.cuda.is_available():
+            raise SkipVariant(f"4-bit NF4 (bitsandbytes) runs only on CUDA; this run serves on {ctx.serve_device}")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise SkipVariant("bitsandbytes is not installed (pip install -e '.[gpu]')") from None
+        from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+        manifest = require_format(src, "hf", self.name)
+        config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=self.options.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, self.options.compute_dtype),
+        )  # fmt: skip
+        model = AutoModelForSequenceClassification.from_pretrained(src, quantization_config=config, device_map="cuda")
+        model.save_pretrained(dst)
+        Manifest.save(manifest.derive(format="hf-nf4", dtype="nf4", lineage=[*manifest.lineage, self.name]), dst)
+        copy_tokenizer(src, dst)
+        return StepReport()
