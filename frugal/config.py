@@ -45,7 +45,6 @@ class DataConfig(Strict):
         ge=0, le=1, description="Rows with a label outside `labels` are dropped; above this share it is an error."
     )
     max_rows: int | None = Field(gt=0, description="Cap on cleaned rows (stratified sample), null for all.")
-    max_train_rows: int | None = Field(gt=0, description="Cap on training rows (stratified sample), null for all.")
     split: SplitConfig
     dir: str = Field(description="Folder (relative to the project) for the prepared splits; tracked by DVC.")
 
@@ -118,7 +117,11 @@ class TrainConfig(Strict):
 
 
 class FinetuneConfig(TrainConfig):
-    pass
+    max_rows: int | None = Field(
+        gt=0,
+        description="Labelled training rows used (a stratified, seeded sample of the train split; null = all). "
+        "Distillation and pruning recovery may add the other train rows as unlabelled transfer data.",
+    )
 
 
 class StepConfig(BaseModel):

@@ -144,7 +144,7 @@ def _summary(report: dict[str, int]) -> str:
 
 
 def split(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train/val/test split; the train split may be subsampled (stratified)."""
+    """Stratified, seeded train/val/test split."""
     from sklearn.model_selection import train_test_split
 
     counts = frame["label"].value_counts()
@@ -159,8 +159,6 @@ def split(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd.DataF
         val, test = train_test_split(rest, test_size=cfg.split.test / held_out, stratify=rest["label"], random_state=seed)
     except ValueError as exc:
         raise DataError(f"The data is too small to split: {exc}", "Add rows, or raise data.split.val/test.") from None
-    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        train = _stratified_sample(train, cfg.max_train_rows, seed)
     return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test.reset_index(drop=True)}
 
 
@@ -169,6 +167,13 @@ def _stratified_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
     sample, _ = train_test_split(frame, train_size=n, stratify=frame["label"], random_state=seed)
     return sample
+
+
+def labelled_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """The rows training may read labels from: a stratified, seeded sample of the train split (the same every time)."""
+    if not max_rows or len(train) <= max_rows:
+        return train
+    return _stratified_sample(train, max_rows, seed)
 
 
 def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> Splits:

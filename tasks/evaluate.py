@@ -21,6 +21,7 @@ from frugal.config import RunConfig, load_hardware
 from frugal.modelio import Manifest, model_size_mb
 from tasks import tracking
 from tasks.common import Scores, Splits, Variant, stage
+from tasks.finetune import train_usd
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,11 @@ def score(variant: Variant, data: Splits, cfg: RunConfig) -> dict[str, float]:
         "params_m": manifest.params / 1e6,
         "usd_per_1m": usd_per_1m(result["metrics"]["throughput_per_s"], price),
         "train_seconds": variant.train_seconds,
-        "train_usd": variant.train_seconds / 3600 * load_hardware()[cfg.finetune.instance].usd_per_hour,
+        "train_usd": train_usd(variant.train_seconds, cfg.finetune),
     }
+    trained = tracking.mlflow_client().get_run(variant.run_id).data.metrics.get("trainable_share")
+    if trained is not None:  # set by training steps (fine-tuning, LoRA, distillation, pruning recovery)
+        metrics["trainable_share"] = trained
     with tempfile.TemporaryDirectory() as tmp:
         png = confusion_png(truth, predicted, cfg.data.labels, f"{variant.name}: test split", Path(tmp) / "confusion_matrix.png")
         tracking.log_file(variant.run_id, png)

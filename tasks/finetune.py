@@ -13,6 +13,7 @@ from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize
 from tasks import tracking
 from tasks.common import Splits, Variant, stage
+from tasks.data import labelled_rows
 from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
 from tasks.training import TrainResult, train
 
@@ -46,7 +47,7 @@ def finetune(data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str) -> 
         result = train(
             model,
             Tokenize(model_dir, cfg.model.max_length),
-            pd.read_parquet(data.path("train")),
+            labelled_rows(pd.read_parquet(data.path("train")), cfg.finetune.max_rows, cfg.seed),
             pd.read_parquet(data.path("val")),
             cfg.data.labels,
             cfg.finetune,

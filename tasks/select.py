@@ -28,6 +28,8 @@ TABLE_COLUMNS = (
     "params_m",
     "peak_rss_mb",
     "train_seconds",
+    "train_usd",
+    "trainable_share",
 )
 
 

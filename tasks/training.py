@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+UNLABELLED = -100  # label id of a transfer row (no label; cross-entropy ignores it)
 LossFn = Callable[["torch.Tensor", "torch.Tensor", np.ndarray], "torch.Tensor"]
 
 
@@ -102,7 +103,7 @@ def train(
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model.to(device).train()
-    label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}), dtype=np.int64)
+    label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}).fillna(UNLABELLED), dtype=np.int64)
     texts = list(train_df["text"])
     lengths = np.array([len(t) for t in texts])
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)

@@ -12,6 +12,7 @@ from frugal.config import TrainConfig
 from frugal.modelio import Manifest
 from frugal.runtime import Tokenize
 from tasks.compress.base import CompressContext, StepReport
+from tasks.data import labelled_rows
 from tasks.training import LossFn, TrainResult, predict_logits, resolve_device, train
 
 if TYPE_CHECKING:
@@ -27,7 +28,22 @@ def require_format(src: Path, fmt: str, method: str) -> Manifest:
 
 
 def splits(ctx: CompressContext) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.read_parquet(ctx.data.path("train")), pd.read_parquet(ctx.data.path("val"))
+    """The rows fine-tuning learned from (labelled) and the val split."""
+    train = labelled_rows(pd.read_parquet(ctx.data.path("train")), ctx.train.max_rows, ctx.seed)
+    return train, pd.read_parquet(ctx.data.path("val"))
+
+
+def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_rows: int) -> pd.DataFrame:
+    """`labelled` plus up to `transfer_rows` other train rows with their labels hidden (teacher targets only).
+
+    The student never sees more labels than the fine-tuned teacher did, so the comparison stays fair.
+    """
+    if transfer_rows <= 0:
+        return labelled
+    rest = pd.read_parquet(ctx.data.path("train"))
+    rest = rest[~rest["text"].isin(set(labelled["text"]))]
+    extra = rest.sample(n=min(transfer_rows, len(rest)), random_state=ctx.seed).assign(label=None)
+    return pd.concat([labelled, extra], ignore_index=True)
 
 
 def train_config(ctx: CompressContext, **overrides: Any) -> TrainConfig:
@@ -66,13 +82,15 @@ def train_with_teacher(
     temperature: float,
     alpha: float,
     desc: str,
+    transfer_rows: int = 0,
 ) -> TrainResult:
-    """Train `student` on the train split, distilling from `teacher` when one is given."""
+    """Train `student` on the labelled rows, distilling from `teacher` (also on `transfer_rows` unlabelled rows) when given."""
     manifest = Manifest.load(src)
     tokenize = Tokenize(src, manifest.max_length)
     train_df, val_df = splits(ctx)
     loss = None
     if teacher is not None and alpha > 0:
+        train_df = with_transfer_rows(train_df, ctx, transfer_rows)
         logits = soft_targets(teacher, tokenize, list(train_df["text"]), resolve_device(cfg.device))
         loss = distillation_loss(logits, temperature, alpha)
     return train(

@@ -22,6 +22,9 @@ from tasks.compress.prune import layers, prune_ffn, top
 class DistillOptions(MethodOptions):
     layers: int = Field(3, ge=1, description="Student depth; its layers start as evenly spaced teacher layers.")
     intermediate_size: int | None = Field(None, ge=1, description="Narrower feed-forward width for the student; null = the teacher's.")
+    transfer_rows: int = Field(
+        0, ge=0, description="Extra train rows, labels hidden, that the student learns on from the teacher's soft targets."
+    )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the teacher's soft targets.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha goes to the labels.")
     epochs: float | None = Field(None, gt=0, description="Training epochs; null = the fine-tuning epochs.")
@@ -62,7 +65,9 @@ class Distill(TorchMethod):
         teacher = load_torch(src).float()
         student = make_student(teacher, opts.layers, opts.intermediate_size)
         cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate)
-        result = train_with_teacher(student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L")
+        result = train_with_teacher(
+            student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L", transfer_rows=opts.transfer_rows
+        )
         params = count_params(student)
         report = training_report(result, params, params, student_layers=kept_layers(len(layers(teacher)), opts.layers))
         report.metrics["params_vs_teacher"] = params / count_params(teacher)

@@ -33,6 +33,9 @@ class PruneOptions(MethodOptions):
     recovery_epochs: float = Field(1.0, ge=0, description="Epochs of recovery fine-tuning after pruning (0 = none).")
     learning_rate: float | None = Field(None, gt=0, description="Recovery learning rate; null = the fine-tuning rate.")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the unpruned model's soft targets in recovery.")
+    transfer_rows: int = Field(
+        0, ge=0, description="Extra train rows, labels hidden, that the student learns on from the teacher's soft targets."
+    )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
 
 
@@ -139,7 +142,9 @@ class Prune(TorchMethod):
         report = StepReport(params=params)
         if opts.recovery_epochs > 0:
             cfg = train_config(ctx, epochs=opts.recovery_epochs, learning_rate=opts.learning_rate)
-            result = train_with_teacher(model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery")
+            result = train_with_teacher(
+                model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery", transfer_rows=opts.transfer_rows
+            )
             report = training_report(result, after, after, **params)
         model.eval()
         report.metrics["params_removed_share"] = 1 - after / before

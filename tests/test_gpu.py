@@ -1,0 +1,41 @@
+"""GPU paths. CI has no GPU: these are skipped by the `gpu` marker there, never faked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import sample_texts, shrink
+
+from frugal.config import RunConfig
+from frugal.paths import ProjectPaths
+from frugal.runtime import load_predictor
+from tasks.common import Splits, Variant
+from tasks.compress import get_method
+from tasks.compression import context
+
+pytestmark = pytest.mark.gpu
+
+
+def test_finetune_trains_on_cuda_with_bf16_autocast(smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths) -> None:
+    from tasks import tracking
+    from tasks.finetune import finetune
+
+    cfg = shrink(smoke_cfg, finetune={"device": "cuda"})
+    with tracking.parent_run(cfg, store, run_name="gpu-finetune") as run_id:
+        variant = finetune.fn(smoke_splits, cfg, store, run_id)
+    assert tracking.mlflow_client().get_run(variant.run_id).data.params["train_device"] == "cuda"
+
+
+@pytest.mark.parametrize(("method", "options"), [("half", {"dtype": "float16"}), ("half", {"dtype": "bfloat16"}), ("nf4", {})])
+def test_gpu_methods_serve_on_cuda(
+    method: str, options: dict, baseline: Variant, smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths, tmp_path: Path
+) -> None:
+    if method == "nf4":
+        pytest.importorskip("bitsandbytes")
+    ctx = context(shrink(smoke_cfg, evaluate={"device": "cuda"}), smoke_splits, store)
+    get_method(method).from_config(options).apply(baseline.model_dir, tmp_path / method, ctx)
+    texts = sample_texts(smoke_splits)
+    quantized = load_predictor(tmp_path / method, device="cuda").predict(texts)
+    reference = load_predictor(baseline.model_dir, device="cuda").predict(texts)
+    assert sum(a == b for a, b in zip(quantized, reference, strict=True)) / len(texts) >= 0.9
