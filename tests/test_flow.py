@@ -42,7 +42,7 @@ def client(project: Path):
     return tracking.client(load_config("smoke"), ProjectPaths(project))
 
 
-def test_smoke_pipeline_end_to_end(smoke_run, project: Path) -> None:
+def test_smoke_pipeline_end_to_end(smoke_run, project: Path, tmp_path: Path) -> None:
     mlc = client(project)
     parent = mlc.get_run(smoke_run.run_id)
     assert parent.info.status == "FINISHED"
@@ -54,9 +54,14 @@ def test_smoke_pipeline_end_to_end(smoke_run, project: Path) -> None:
 
     children = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke_run.run_id}'")
     variants = {r.data.tags["variant"]: r for r in children}
-    assert set(variants) == {"baseline", "int8-dynamic"}
+    assert set(variants) == {"baseline", "int8-dynamic", "onnx-int8", "prune", "distill-onnx-int8", "fp16"}
+    assert variants["fp16"].data.tags["status"] == "skipped" and "float16" in variants["fp16"].data.tags["skip_reason"]
     for name, run in variants.items():
-        assert METRICS <= set(run.data.metrics), f"{name} misses {METRICS - set(run.data.metrics)}"
+        if name != "fp16":
+            assert METRICS <= set(run.data.metrics), f"{name} misses {METRICS - set(run.data.metrics)}"
+    chain = variants["distill-onnx-int8"]
+    assert chain.data.tags["parents"].startswith(variants["baseline"].info.run_id + ",")
+    assert "| fp16 | skipped: " in Path(mlc.download_artifacts(smoke_run.run_id, "comparison.md", str(tmp_path))).read_text()
     artifacts = {a.path for a in mlc.list_artifacts(smoke_run.run_id)}
     assert {"comparison.md", "pareto_frontier.png", "bundle", "validation", "data"} <= artifacts
 
@@ -141,3 +146,38 @@ def test_cli_prints_one_clear_line_for_a_user_error(project: Path) -> None:
 
 def test_frugal_error_is_the_base_of_user_errors() -> None:
     assert issubclass(DataError, FrugalError) and issubclass(ModelError, FrugalError) and issubclass(ConfigError, FrugalError)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_over_http(smoke_run, project: Path) -> None:
+    """The registered champion serves with `mlflow models serve`, as the README says."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/frugal-smoke@champion", "--env-manager", "local"]
+    server = subprocess.Popen([*mlflow_cli, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        body = json.dumps({"inputs": {"text": ["driverless cars are great", "never getting in one"]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        predictions = json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+        assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"negative", "neutral", "positive"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
