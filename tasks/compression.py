@@ -76,6 +76,19 @@ def _remember(paths: ProjectPaths, key: str, run_id: str, model_dir: Path, secon
     record.write_text(json.dumps({"run_id": run_id, "model_dir": str(model_dir), "seconds": seconds}))
 
 
+def _final_step(step: StepConfig, src: Path, key: str, variant_run: str, paths: ProjectPaths, ctx: CompressContext) -> tuple[Path, float]:
+    """Run the variant's last step, or reuse the model when another variant already made exactly this one."""
+    found = _cached(paths, key)
+    if found is not None:
+        tracking.log_params(variant_run, {"method": step.method})
+        tracking.set_tags(variant_run, {"reused_from": found["run_id"]})
+        tracking.log_dir(variant_run, Path(found["model_dir"]), "model")
+        return Path(found["model_dir"]), found["seconds"]
+    model_dir, took = run_step(step, src, variant_run, paths, ctx)
+    _remember(paths, key, variant_run, model_dir, took)
+    return model_dir, took
+
+
 def build_variant(
     name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str
 ) -> Variant:
@@ -97,7 +110,7 @@ def build_variant(
             src, seconds = Path(found["model_dir"]), seconds + found["seconds"]
             parents.append(found["run_id"])
         tracking.set_tags(variant_run, {"parents": ",".join(parents)})
-        model_dir, took = run_step(steps[-1], src, variant_run, paths, ctx)
+        model_dir, took = _final_step(steps[-1], src, _prefix_key(baseline, steps), variant_run, paths, ctx)
         seconds += took
     except SkipVariant as skip:
         log.warning("Variant %s skipped: %s", name, skip.reason)

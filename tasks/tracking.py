@@ -27,17 +27,24 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ROOT / "requirements" / "lock.txt"
 
 
+_uri_we_set: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that one is not the user's
+
+
 def tracking_uri(cfg: RunConfig, paths: ProjectPaths) -> str:
-    """MLFLOW_TRACKING_URI wins, then the config, then a SQLite file in the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri or f"sqlite:///{paths.mlflow_db}"
+    """MLFLOW_TRACKING_URI (set by the user) wins, then the config, then a SQLite file in the project."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    user_env = from_env if from_env and from_env != _uri_we_set else None
+    return user_env or cfg.tracking.tracking_uri or f"sqlite:///{paths.mlflow_db}"
 
 
 def client(cfg: RunConfig, paths: ProjectPaths) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
+    global _uri_we_set
     uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
+    _uri_we_set = uri
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
 

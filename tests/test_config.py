@@ -78,3 +78,14 @@ def test_hardware_prices_name_their_source_and_date() -> None:
 
 def test_config_digest_changes_with_content() -> None:
     assert load_config("smoke").digest() != load_config("smoke", ["seed=1"]).digest()
+
+
+def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from frugal.paths import ProjectPaths
+    from tasks.tracking import tracking_uri
+
+    paths = ProjectPaths(tmp_path)
+    assert tracking_uri(load_config("smoke"), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")
+    assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://team-server:5000"

@@ -78,6 +78,21 @@ def test_served_champion_predicts(smoke_run, project: Path) -> None:
     assert len(out) == 2 and set(out["label"]) <= {"negative", "neutral", "positive"}
 
 
+def test_a_failing_method_does_not_stop_the_other_variants(smoke_run, project: Path) -> None:
+    from flows.pipeline import pipeline
+
+    # dynamic_int8 on an already-int8 model raises: a real failure inside the method.
+    variants = "{int8: {method: dynamic_int8}, broken: [{method: dynamic_int8}, {method: dynamic_int8}], sparse: {method: sparsity}}"
+    result = pipeline(config="smoke", overrides=[f"compress.variants={variants}"], project_dir=str(project))
+    mlc = client(project)
+    children = mlc.search_runs([mlc.get_run(result.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    runs = {r.data.tags["variant"]: r for r in children}
+    assert runs["broken"].info.status == "FAILED" and "needs a PyTorch (hf) model" in runs["broken"].data.tags["error"]
+    assert runs["int8"].info.status == runs["sparse"].info.status == "FINISHED"
+    assert "usd_per_1m" in runs["int8"].data.metrics and "usd_per_1m" in runs["sparse"].data.metrics
+    assert "| broken | failed: ValueError: dynamic_int8 needs" in result.selection.table_md
+
+
 def write_csv(path: Path, rows: dict) -> Path:
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

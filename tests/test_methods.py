@@ -141,9 +141,14 @@ def test_a_chain_records_its_parents_and_each_intermediate(
 
     again = build_variant("chain-2", [*steps[:2], StepConfig(method="dynamic_int8")], baseline, smoke_splits, smoke_cfg, store, parent_run)
     assert again.parents == result.parents  # the shared prefix was reused, not recomputed
+    same = build_variant("chain-3", steps, baseline, smoke_splits, smoke_cfg, store, parent_run)
+    assert same.model_dir == result.model_dir  # a variant identical to an earlier one reuses its model
+    assert mlc.get_run(same.run_id).data.tags["reused_from"] == result.run_id
 
 
-def test_transfer_rows_hide_their_labels_and_still_teach(smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths, baseline: Variant, tmp_path: Path) -> None:
+def test_transfer_rows_hide_their_labels_and_still_teach(
+    smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths, baseline: Variant, tmp_path: Path
+) -> None:
     from helpers import shrink
 
     from tasks.compress._common import splits, with_transfer_rows
@@ -154,6 +159,8 @@ def test_transfer_rows_hide_their_labels_and_still_teach(smoke_cfg: RunConfig, s
     assert len(labelled) == 200 and len(mixed) == 300
     assert mixed["label"].iloc[:200].notna().all() and mixed["label"].iloc[200:].isna().all()
     assert not set(mixed["text"].iloc[200:]) & set(labelled["text"])
-    report = get_method("distill").from_config({"layers": 1, "epochs": 1, "transfer_rows": 100}).apply(baseline.model_dir, tmp_path / "d", ctx)
+    report = (
+        get_method("distill").from_config({"layers": 1, "epochs": 1, "transfer_rows": 100}).apply(baseline.model_dir, tmp_path / "d", ctx)
+    )
     assert report.params["train_steps"] == 300 // smoke_cfg.finetune.batch_size + (300 % smoke_cfg.finetune.batch_size > 0)
     assert np.isfinite(report.metrics["best_val_macro_f1"])

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def require_format(src: Path, fmt: str, method: str) -> Manifest:
+def require_format(src: Path, fmt: str | tuple[str, ...], method: str) -> Manifest:
+    """The source's manifest, or a clear error when the method cannot take a model of that format."""
     manifest = Manifest.load(src)
-    if manifest.format != fmt:
-        kind = {"hf": "a PyTorch (hf)", "onnx": "an ONNX"}.get(fmt, fmt)
-        raise ValueError(f"{method} needs {kind} model, got {manifest.format!r}; put it earlier in the chain")
+    accepted = (fmt,) if isinstance(fmt, str) else fmt
+    if manifest.format not in accepted:
+        kinds = " or ".join({"hf": "a PyTorch (hf)", "onnx": "an ONNX"}.get(f, f) for f in accepted)
+        raise ValueError(f"{method} needs {kinds} model, got {manifest.format!r}; put it earlier in the chain")
     return manifest
 
 

@@ -67,7 +67,7 @@ def _optimize(raw: Path, out: Path, model: Any) -> dict[str, int]:
         heads = set()
     # Attention fusion needs one head count for all layers; after uneven pruning it is left unfused.
     num_heads = heads.pop() if len(heads) == 1 else 0
-    hidden = model.config.hidden_size if num_heads else 0
+    hidden = num_heads * head_dim  # the fusion's "hidden size" is the q/k/v width, which pruning narrows
     optimized = optimizer.optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden)
     optimized.save_model_to_file(str(out))
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}

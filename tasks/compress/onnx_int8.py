@@ -10,9 +10,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from frugal.modelio import Manifest
 from frugal.runtime import Tokenize, load_predictor
-from tasks.compress._common import splits
+from tasks.compress._common import require_format, splits
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 from tasks.compress.onnx_export import export, finish
 
@@ -72,9 +71,7 @@ class OnnxInt8(Method):
 
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
         opts: OnnxInt8Options = self.options
-        manifest = Manifest.load(src)
-        if manifest.format not in ("hf", "onnx"):
-            raise ValueError(f"onnx_int8 needs a PyTorch (hf) or ONNX model, got {manifest.format!r}")
+        manifest = require_format(src, ("hf", "onnx"), self.name)
         val = list(splits(ctx)[1]["text"])
         dst.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
