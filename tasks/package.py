@@ -98,7 +98,11 @@ def current_champion_f1(name: str, data: Splits, labels: list[str]) -> tuple[obj
     except MlflowException:
         return None
     test = pd.read_parquet(data.path("test"))
-    predicted = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS}").predict(test[["text"]])["label"]
+    try:
+        predicted = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS}").predict(test[["text"]])["label"]
+    except Exception as exc:  # a champion that no longer loads cannot defend its place
+        log.warning("The current champion v%s could not be re-scored (%s); it will be replaced", version.version, exc)
+        return version, float("-inf")
     return version, quality(list(test["label"]), list(predicted), labels)["macro_f1"]
 
 

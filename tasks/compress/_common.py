@@ -12,7 +12,6 @@ from frugal.config import TrainConfig
 from frugal.modelio import Manifest
 from frugal.runtime import Tokenize
 from tasks.compress.base import CompressContext, StepReport
-from tasks.data import labelled_rows
 from tasks.training import LossFn, TrainResult, predict_logits, resolve_device, train
 
 if TYPE_CHECKING:
@@ -31,6 +30,8 @@ def require_format(src: Path, fmt: str | tuple[str, ...], method: str) -> Manife
 
 def splits(ctx: CompressContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows fine-tuning learned from (labelled) and the val split."""
+    from tasks.data import labelled_rows  # here, not at the top: config validation imports this package
+
     train = labelled_rows(pd.read_parquet(ctx.data.path("train")), ctx.train.max_rows, ctx.seed)
     return train, pd.read_parquet(ctx.data.path("val"))
 
