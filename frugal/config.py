@@ -1,8 +1,7 @@
-"""The typed schema of a pipeline config and how configs are loaded and composed.
+"""The typed schema of a pipeline config, and loading a composed config into it.
 
 Defaults live in ``configs/default.yaml`` only: every field here is required, so a
-value cannot silently come from code. Other configs name a base with ``extends:`` and
-override just what differs (lightning-hydra style composition).
+value cannot silently come from code. How YAML files compose is in ``frugal.compose``.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from frugal.compose import compose, read_yaml
 from frugal.errors import ConfigError
 from frugal.paths import CONFIGS_DIR
 
@@ -226,7 +225,7 @@ class Instance(Strict):
 
 
 def load_hardware(path: Path | None = None) -> dict[str, Instance]:
-    raw = _read_yaml(path or CONFIGS_DIR / "hardware.yaml")
+    raw = read_yaml(path or CONFIGS_DIR / "hardware.yaml")
     try:
         return {name: Instance(**spec) for name, spec in raw["instances"].items()}
     except (KeyError, TypeError, ValidationError) as exc:
@@ -235,72 +234,11 @@ def load_hardware(path: Path | None = None) -> dict[str, Instance]:
 
 def load_config(name_or_path: str | Path = "default", overrides: list[str] | None = None) -> RunConfig:
     """Load a config by name (configs/<name>.yaml) or path, apply its `extends` chain and overrides."""
-    raw = _compose(_locate(name_or_path), seen=())
-    for item in overrides or []:
-        _apply_override(raw, item)
+    raw = compose(name_or_path, overrides or [])
     try:
         return RunConfig(**raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc), "Correct the key in your config (see README 'Config reference').") from None
-
-
-def _locate(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    candidates = (
-        [path] if path.suffix in (".yaml", ".yml") else [CONFIGS_DIR / f"{path}.yaml", CONFIGS_DIR / "experiments" / f"{path}.yaml"]
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"Config {str(name_or_path)!r} not found (looked at {', '.join(map(str, candidates))}).",
-        "Pass a config name from configs/ (e.g. default, smoke) or the path of a YAML file.",
-    )
-
-
-def _compose(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise ConfigError(f"Config {path} extends itself in a cycle.", "Remove the cycle from the `extends:` keys.")
-    raw = _read_yaml(path)
-    base_name = raw.pop("extends", None)
-    if base_name is None:
-        return raw
-    base_path = path.parent / f"{base_name}.yaml" if (path.parent / f"{base_name}.yaml").is_file() else _locate(base_name)
-    return _merge(_compose(base_path, seen + (path.resolve(),)), raw)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}", "Fix the YAML syntax.") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping of keys to values.", "Write the config as `key: value` lines.")
-    return raw
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge mappings; `compress.variants` is replaced whole so an experiment lists exactly its variants."""
-    merged = dict(base)
-    for key, value in override.items():
-        if key != "variants" and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"Override {item!r} is not key=value.", "Write overrides like finetune.epochs=1.")
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"Override {item!r}: {part!r} is not a section.", "Point the override at a leaf key.")
-    node[leaf] = yaml.safe_load(value)
 
 
 def _describe(exc: ValidationError) -> str:
