@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from frugal.config import load_config
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
 from tasks import tracking
@@ -32,8 +31,8 @@ class PipelineResult:
 @flow(name="frugal-pipeline", log_prints=True)
 def pipeline(config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None) -> PipelineResult:
     quiet_user_errors()
-    cfg = load_config(config, overrides)
     paths = ProjectPaths.resolve(project_dir)
+    cfg = tracking.load_config_or_fail_run(config, overrides or [], paths)
     with tracking.parent_run(cfg, paths) as run_id:
         check_source(cfg.model)
         staged = prepare(cfg, paths, run_id)

@@ -34,14 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home from the temporary server
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     try:
-        from frugal.config import load_config
-
-        cfg = load_config(args.config, args.overrides)  # fail fast, before a Prefect server starts
         if args.command == "show-config":
             import yaml
 
-            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            from frugal.config import load_config
+
+            print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False))
             return 0
+        from frugal.paths import ProjectPaths
+        from tasks.tracking import load_config_or_fail_run
+
+        # fail fast, before a Prefect server starts
+        load_config_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))
         from flows.pipeline import pipeline
 
         result = pipeline(config=args.config, overrides=args.overrides, project_dir=args.project_dir)

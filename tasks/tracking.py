@@ -31,18 +31,25 @@ _uri_we_set: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKIN
 
 
 def tracking_uri(cfg: RunConfig, paths: ProjectPaths) -> str:
+    return _resolve_uri(cfg.tracking.tracking_uri, paths)
+
+
+def _resolve_uri(configured: str | None, paths: ProjectPaths) -> str:
     """MLFLOW_TRACKING_URI (set by the user) wins, then the config, then a SQLite file in the project."""
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     user_env = from_env if from_env and from_env != _uri_we_set else None
-    return user_env or cfg.tracking.tracking_uri or f"sqlite:///{paths.mlflow_db}"
+    return user_env or configured or f"sqlite:///{paths.mlflow_db}"
 
 
 def client(cfg: RunConfig, paths: ProjectPaths) -> MlflowClient:
+    return _client(tracking_uri(cfg, paths))
+
+
+def _client(uri: str) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
     global _uri_we_set
-    uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
     _uri_we_set = uri
     mlflow.set_registry_uri(uri)
@@ -58,13 +65,50 @@ def mlflow_client() -> MlflowClient:
 
 
 def experiment_id(cfg: RunConfig, paths: ProjectPaths) -> str:
-    mlc = client(cfg, paths)
-    found = mlc.get_experiment_by_name(cfg.experiment_name)
+    return _experiment_id(tracking_uri(cfg, paths), cfg.experiment_name, paths)
+
+
+def _experiment_id(uri: str, name: str, paths: ProjectPaths) -> str:
+    mlc = _client(uri)
+    found = mlc.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    local = tracking_uri(cfg, paths).startswith("sqlite:")
-    location = paths.mlflow_artifacts.as_uri() if local else None
-    return mlc.create_experiment(cfg.experiment_name, artifact_location=location)
+    location = paths.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
+    return mlc.create_experiment(name, artifact_location=location)
+
+
+def load_config_or_fail_run(config: str, overrides: list[str], paths: ProjectPaths) -> RunConfig:
+    """Load the run's config; one that does not validate still leaves a FAILED run, so a scheduled run's typo shows in MLflow."""
+    from frugal.config import load_config
+    from frugal.errors import ConfigError
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        _record_config_failure(config, overrides, paths, exc)
+        raise
+
+
+def _record_config_failure(config: str, overrides: list[str], paths: ProjectPaths, exc: Exception) -> None:
+    from frugal.compose import compose
+
+    try:  # the tracking keys of a config that failed validation may still be readable
+        raw = compose(config, overrides)
+        section = raw.get("tracking") if isinstance(raw.get("tracking"), dict) else {}
+    except Exception:  # the config could not even be read: fall back to its name
+        raw, section = {}, {}
+    uri = _resolve_uri(section.get("tracking_uri") if isinstance(section.get("tracking_uri"), str) else None, paths)
+    name = next((v for v in (section.get("experiment"), raw.get("name")) if isinstance(v, str) and v), Path(str(config)).stem)
+    # the user's one line is the config error, not MLflow creating its tables
+    for noisy in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    mlc = _client(uri)
+    tags = {**_code_tags(), "config_name": name}
+    run_id = mlc.create_run(_experiment_id(uri, name, paths), run_name="invalid-config", tags=tags).info.run_id
+    mlc.log_param(run_id, "config", str(config))
+    mlc.log_param(run_id, "overrides", json.dumps(overrides)[:6000])
+    mlc.set_tag(run_id, "error", str(exc)[:5000])
+    mlc.set_terminated(run_id, "FAILED")
 
 
 @contextlib.contextmanager
@@ -177,9 +221,13 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path:
 
 
 def provenance_tags(cfg: RunConfig) -> dict[str, str]:
+    return {**_code_tags(), "config_hash": cfg.digest(), "config_name": cfg.name}
+
+
+def _code_tags() -> dict[str, str]:
     commit, dirty = _git_state()
     lock = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:12] if LOCK_FILE.is_file() else "none"
-    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "config_hash": cfg.digest(), "lock_hash": lock, "config_name": cfg.name}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "lock_hash": lock}
 
 
 def _git_state() -> tuple[str, bool]:

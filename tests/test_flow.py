@@ -105,6 +105,7 @@ BAD_INPUTS = {
     "labels outside the set": (["data.source=file", "data.path={tmp}/badlabels.csv"], DataError, "label outside data.labels"),
     "every row invalid": (["data.source=file", "data.path={tmp}/blank.csv"], DataError, "Every row was removed"),
     "model path missing": (["model.source=path", "model.name_or_path=/no/such/model"], ModelError, "does not exist"),
+    "unknown config key": (["finetune.epochz=1"], ConfigError, "unknown config key 'finetune.epochz'"),
 }
 
 
@@ -134,29 +135,28 @@ def test_bad_input_fails_cleanly_and_leaves_no_trace(case: str, smoke_run, proje
     assert (project / "data.dvc").read_text() == data_dvc_before
 
 
-def test_unknown_config_key_fails_before_any_run(smoke_run, project: Path) -> None:
-    from flows.pipeline import pipeline
-
-    mlc = client(project)
-    experiment = mlc.get_experiment_by_name("smoke")
-    runs_before = len(mlc.search_runs([experiment.experiment_id]))
-    with pytest.raises(ConfigError, match="unknown config key 'finetune.epochz'"):
-        pipeline(config="smoke", overrides=["finetune.epochz=1"], project_dir=str(project))
-    assert len(mlc.search_runs([experiment.experiment_id])) == runs_before
-
-
-def test_cli_prints_one_clear_line_for_a_user_error(project: Path) -> None:
+def test_cli_prints_one_clear_line_for_a_user_error(tmp_path: Path) -> None:
+    """The CLI rejects a bad config before starting Prefect, and still leaves the FAILED run a scheduled run's owner looks for."""
+    import os
     import subprocess
     import sys
 
+    from mlflow import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
-        [sys.executable, "-m", "frugal.cli", "run", "-c", "smoke", "-s", "data.bogus=1", "--project-dir", str(project)],
+        [sys.executable, "-m", "frugal.cli", "run", "-c", "smoke", "-s", "data.bogus=1", "--project-dir", str(tmp_path)],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("frugal: error: Invalid config: unknown config key 'data.bogus'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+    mlc = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlc.search_runs([mlc.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FAILED" and "data.bogus" in run.data.tags["error"]
+    assert run.data.params["overrides"] == '["data.bogus=1"]'
 
 
 def test_frugal_error_is_the_base_of_user_errors() -> None:
