@@ -24,16 +24,10 @@ def train_usd(seconds: float, cfg: TrainConfig) -> float:
     return seconds / 3600 * load_hardware()[cfg.instance].usd_per_hour
 
 
-def training_record(result: TrainResult, cfg: TrainConfig, trainable: int, total: int) -> tuple[dict, dict]:
-    """Params and metrics every training step logs the same way (fine-tuning, LoRA, distillation, recovery)."""
-    params = {"train_device": result.device, "train_steps": result.steps, "trainable_params": trainable}
-    metrics = {
-        "best_val_macro_f1": result.best_val_macro_f1,
-        "train_seconds": result.seconds,
-        "train_usd": train_usd(result.seconds, cfg),
-        "trainable_share": trainable / total,
-    }
-    return params, metrics
+def training_record(result: TrainResult, cfg: TrainConfig, total: int) -> tuple[dict, dict]:
+    """The record of every training step, plus fine-tuning's time and $ (a compress step's are logged by its stage)."""
+    params, metrics = result.record(total)
+    return params, {**metrics, "train_seconds": result.seconds, "train_usd": train_usd(result.seconds, cfg)}
 
 
 @stage(name="finetune")
@@ -57,9 +51,8 @@ def finetune(data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str) -> 
             desc="finetune",
         )
         total = count_params(model)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         save_hf(model, model_dir, Manifest(format="hf", labels=cfg.data.labels, max_length=cfg.model.max_length, params=total))
-        params, metrics = training_record(result, cfg.finetune, trainable, total)
+        params, metrics = training_record(result, cfg.finetune, total)
         tracking.log_params(child, params)
         tracking.log_metrics(child, metrics)
         tracking.log_history(child, result.history)

@@ -36,7 +36,13 @@ class TrainResult:
     steps: int
     seconds: float
     device: str
+    trainable_params: int  # what the optimizer updated: frozen embeddings and LoRA's frozen base are left out
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, total_params: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Params and metrics every training step logs alike (fine-tuning, LoRA, distillation, pruning recovery)."""
+        params = {"train_device": self.device, "train_steps": self.steps, "trainable_params": self.trainable_params}
+        return params, {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
 
 
 def resolve_device(choice: str) -> str:
@@ -74,8 +80,9 @@ def predict_logits(model: torch.nn.Module, tokenize: Tokenize, texts: list[str],
     model.train(was_training)
     if not out:
         return np.zeros((0, 0))
-    logits = np.empty_like(np.concatenate(out))
-    logits[order] = np.concatenate(out)
+    stacked = np.concatenate(out)
+    logits = np.empty_like(stacked)
+    logits[order] = stacked
     return logits
 
 
@@ -145,7 +152,8 @@ def train(
     model.eval()
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, state.history)
+    trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, trainable, state.history)
 
 
 @dataclass

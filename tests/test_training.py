@@ -8,7 +8,7 @@ import torch
 from helpers import shrink
 
 from frugal.config import RunConfig
-from frugal.modelio import Manifest, load_torch
+from frugal.modelio import Manifest, count_params, load_torch
 from frugal.runtime import Tokenize
 from tasks.common import Splits, Variant
 from tasks.modeling import load_pretrained
@@ -36,6 +36,16 @@ def test_batches_cover_every_row_once_per_epoch_and_repeat_with_the_seed() -> No
     again = _epoch_batches(0, lengths, 32, seed=7)
     assert all((a == b).all() for a, b in zip(batches, again, strict=True))
     assert any((a != b).any() for a, b in zip(batches, _epoch_batches(1, lengths, 32, seed=7), strict=False))
+
+
+def test_frozen_embeddings_are_not_counted_as_trained(smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
+    cfg = shrink(smoke_cfg, finetune={"freeze_embeddings": True, "epochs": 0.1}).finetune
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
+    result = train(model, Tokenize(baseline.model_dir, 64), train_df, val_df, smoke_cfg.data.labels, cfg, 0, None, "")
+    embeddings = model.base_model.embeddings.word_embeddings.weight.numel()
+    assert result.trainable_params == count_params(model) - embeddings
+    assert result.record(count_params(model))[1]["trainable_share"] < 1
 
 
 class Crash(Exception):

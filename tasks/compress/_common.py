@@ -101,9 +101,7 @@ def train_with_teacher(
     )
 
 
-def training_report(result: TrainResult, trainable: int, total: int, **params: Any) -> StepReport:
+def training_report(result: TrainResult, total: int, **params: Any) -> StepReport:
     """What a training method records; its time is recorded by the compress stage for every method alike."""
-    return StepReport(
-        params={"train_device": result.device, "train_steps": result.steps, "trainable_params": trainable, **params},
-        metrics={"best_val_macro_f1": result.best_val_macro_f1, "trainable_share": trainable / total},
-    )
+    recorded, metrics = result.record(total)
+    return StepReport(params={**recorded, **params}, metrics=metrics)

@@ -69,6 +69,6 @@ class Distill(TorchMethod):
             student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L", transfer_rows=opts.transfer_rows
         )
         params = count_params(student)
-        report = training_report(result, params, params, student_layers=kept_layers(len(layers(teacher)), opts.layers))
+        report = training_report(result, params, student_layers=kept_layers(len(layers(teacher)), opts.layers))
         report.metrics["params_vs_teacher"] = params / count_params(teacher)
         return student.eval(), manifest.derive(params=params, lineage=[*manifest.lineage, f"{self.name}-{opts.layers}L"]), report

@@ -145,7 +145,7 @@ class Prune(TorchMethod):
             result = train_with_teacher(
                 model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery", transfer_rows=opts.transfer_rows
             )
-            report = training_report(result, after, after, **params)
+            report = training_report(result, after, **params)
         model.eval()
         report.metrics["params_removed_share"] = 1 - after / before
         return model, manifest.derive(params=after, lineage=[*manifest.lineage, self.name]), report
