@@ -234,7 +234,11 @@ def load_hardware(path: Path | None = None) -> dict[str, Instance]:
 
 def load_config(name_or_path: str | Path = "default", overrides: list[str] | None = None) -> RunConfig:
     """Load a config by name (configs/<name>.yaml) or path, apply its `extends` chain and overrides."""
-    raw = compose(name_or_path, overrides or [])
+    return validate_config(compose(name_or_path, overrides or []))
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    """A composed config mapping as a RunConfig, or one error naming every bad key."""
     try:
         return RunConfig(**raw)
     except ValidationError as exc:

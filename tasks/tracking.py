@@ -79,24 +79,22 @@ def _experiment_id(uri: str, name: str, paths: ProjectPaths) -> str:
 
 def load_config_or_fail_run(config: str, overrides: list[str], paths: ProjectPaths) -> RunConfig:
     """Load the run's config; one that does not validate still leaves a FAILED run, so a scheduled run's typo shows in MLflow."""
-    from frugal.config import load_config
+    from frugal.compose import compose
+    from frugal.config import validate_config
     from frugal.errors import ConfigError
 
+    raw: dict[str, Any] = {}  # stays empty when the files themselves cannot be read
     try:
-        return load_config(config, overrides)
+        raw = compose(config, overrides)
+        return validate_config(raw)
     except ConfigError as exc:
-        _record_config_failure(config, overrides, paths, exc)
+        _record_config_failure(config, overrides, raw, paths, exc)
         raise
 
 
-def _record_config_failure(config: str, overrides: list[str], paths: ProjectPaths, exc: Exception) -> None:
-    from frugal.compose import compose
-
-    try:  # the tracking keys of a config that failed validation may still be readable
-        raw = compose(config, overrides)
-        section = raw.get("tracking") if isinstance(raw.get("tracking"), dict) else {}
-    except Exception:  # the config could not even be read: fall back to its name
-        raw, section = {}, {}
+def _record_config_failure(config: str, overrides: list[str], raw: dict[str, Any], paths: ProjectPaths, exc: Exception) -> None:
+    """A FAILED run in the experiment the config names, read from its unvalidated keys where they are usable."""
+    section = raw.get("tracking") if isinstance(raw.get("tracking"), dict) else {}
     uri = _resolve_uri(section.get("tracking_uri") if isinstance(section.get("tracking_uri"), str) else None, paths)
     name = next((v for v in (section.get("experiment"), raw.get("name")) if isinstance(v, str) and v), Path(str(config)).stem)
     # the user's one line is the config error, not MLflow creating its tables
