@@ -31,6 +31,7 @@ _RUNTIMES = {
     "onnx": ("onnxruntime", "tokenizers"),
     "hf": ("torch", "transformers", "safetensors", "tokenizers"),
     "torch-int8": ("torch", "transformers", "safetensors", "tokenizers"),
+    "hf-nf4": ("torch", "transformers", "safetensors", "tokenizers", "bitsandbytes", "accelerate"),
 }
 
 

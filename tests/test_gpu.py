@@ -39,3 +39,7 @@ def test_gpu_methods_serve_on_cuda(
     quantized = load_predictor(tmp_path / method, device="cuda").predict(texts)
     reference = load_predictor(baseline.model_dir, device="cuda").predict(texts)
     assert sum(a == b for a, b in zip(quantized, reference, strict=True)) / len(texts) >= 0.9
+    if method == "nf4":  # a 4-bit champion's bundle must pin the libraries that load it
+        from tasks.package import requirements
+
+        assert any(r.startswith("bitsandbytes==") for r in requirements("hf-nf4"))

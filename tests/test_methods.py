@@ -151,10 +151,10 @@ def test_transfer_rows_hide_their_labels_and_still_teach(
 ) -> None:
     from helpers import shrink
 
-    from tasks.compress._common import splits, with_transfer_rows
+    from tasks.compress._common import labelled_train, with_transfer_rows
 
     ctx = context(shrink(smoke_cfg, finetune={"max_rows": 200}), smoke_splits, store)
-    labelled, _ = splits(ctx)
+    labelled = labelled_train(ctx)
     mixed = with_transfer_rows(labelled, ctx, 100)
     assert len(labelled) == 200 and len(mixed) == 300
     assert mixed["label"].iloc[:200].notna().all() and mixed["label"].iloc[200:].isna().all()

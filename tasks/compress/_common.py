@@ -28,12 +28,15 @@ def require_format(src: Path, fmt: str | tuple[str, ...], method: str) -> Manife
     return manifest
 
 
-def splits(ctx: CompressContext) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows fine-tuning learned from (labelled) and the val split."""
+def labelled_train(ctx: CompressContext) -> pd.DataFrame:
+    """The train rows fine-tuning learned labels from."""
     from tasks.data import labelled_rows  # here, not at the top: config validation imports this package
 
-    train = labelled_rows(pd.read_parquet(ctx.data.path("train")), ctx.train.max_rows, ctx.seed)
-    return train, pd.read_parquet(ctx.data.path("val"))
+    return labelled_rows(pd.read_parquet(ctx.data.path("train")), ctx.train.max_rows, ctx.seed)
+
+
+def val_split(ctx: CompressContext) -> pd.DataFrame:
+    return pd.read_parquet(ctx.data.path("val"))
 
 
 def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_rows: int) -> pd.DataFrame:
@@ -90,7 +93,7 @@ def train_with_teacher(
     """Train `student` on the labelled rows, distilling from `teacher` (also on `transfer_rows` unlabelled rows) when given."""
     manifest = Manifest.load(src)
     tokenize = Tokenize(src, manifest.max_length)
-    train_df, val_df = splits(ctx)
+    train_df, val_df = labelled_train(ctx), val_split(ctx)
     loss = None
     if teacher is not None and alpha > 0:
         train_df = with_transfer_rows(train_df, ctx, transfer_rows)

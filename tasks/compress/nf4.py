@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.errors import SkipVariant
-from frugal.modelio import Manifest, copy_tokenizer
+from frugal.modelio import copy_tokenizer
 from tasks.compress._common import require_format
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 
@@ -41,6 +41,6 @@ class Nf4(Method):
         )  # fmt: skip
         model = AutoModelForSequenceClassification.from_pretrained(src, quantization_config=config, device_map="cuda")
         model.save_pretrained(dst)
-        Manifest.save(manifest.derive(format="hf-nf4", dtype="nf4", lineage=[*manifest.lineage, self.name]), dst)
+        manifest.derive(format="hf-nf4", dtype="nf4", lineage=[*manifest.lineage, self.name]).save(dst)
         copy_tokenizer(src, dst)
         return StepReport()

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from frugal.modelio import Manifest, copy_tokenizer, load_torch
 from frugal.runtime import Tokenize
-from tasks.compress._common import require_format, splits
+from tasks.compress._common import require_format, val_split
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -104,7 +104,7 @@ class OnnxExport(Method):
         manifest = require_format(src, "hf", self.name)
         fused = export(src, dst / "model.onnx", opts.opset, opts.optimize)
         finish(src, dst, manifest.derive(format="onnx", lineage=[*manifest.lineage, self.name]))
-        texts = list(splits(ctx)[1]["text"][: opts.check_texts])
+        texts = list(val_split(ctx)["text"][: opts.check_texts])
         diff = max_abs_diff(src, dst, texts)
         if diff > FP32_TOLERANCE:
             raise RuntimeError(f"ONNX logits differ from PyTorch by {diff:.2e} (> {FP32_TOLERANCE}); the export is wrong")

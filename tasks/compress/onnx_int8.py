@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from frugal.runtime import Tokenize, load_predictor
-from tasks.compress._common import require_format, splits
+from tasks.compress._common import require_format, val_split
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 from tasks.compress.onnx_export import export, finish
 
@@ -72,7 +72,7 @@ class OnnxInt8(Method):
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
         opts: OnnxInt8Options = self.options
         manifest = require_format(src, ("hf", "onnx"), self.name)
-        val = list(splits(ctx)[1]["text"])
+        val = list(val_split(ctx)["text"])
         dst.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = src / "model.onnx"

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from frugal.modelio import count_params, load_torch
 from frugal.runtime import Tokenize
-from tasks.compress._common import require_format, splits, train_config, train_with_teacher, training_report
+from tasks.compress._common import labelled_train, require_format, train_config, train_with_teacher, training_report
 from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class Prune(TorchMethod):
         manifest = require_format(src, "hf", self.name)
         teacher = load_torch(src).float()
         model = copy.deepcopy(teacher)
-        train_df, _ = splits(ctx)
+        train_df = labelled_train(ctx)
         scores = taylor_scores(
             model, Tokenize(src, manifest.max_length), train_df, ctx.labels, opts.importance_batches, ctx.train.batch_size
         )
