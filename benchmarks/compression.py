@@ -1,6 +1,6 @@
 """Compression benchmark: every method side by side in one pipeline run, checked against the targets.
 
-    python benchmarks/compression.py                 # configs/experiments/benchmark.yaml, ~45 min on 2 cores
+    python benchmarks/compression.py                 # configs/experiments/benchmark.yaml, 64 min measured on 2 cores
     python benchmarks/compression.py -c smoke        # the same report on the tiny config, ~2 min
 
 Targets (champion vs the fine-tuned fp32 baseline served by PyTorch eager, same test split,
@@ -52,7 +52,9 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     Path(args.project_dir).mkdir(parents=True, exist_ok=True)
     from flows.pipeline import pipeline
+    from frugal.config import load_config
 
+    evaluate = load_config(args.config).evaluate  # the report states the measurement settings the run used
     started = time.perf_counter()
     result = pipeline(config=args.config, project_dir=args.project_dir)
     minutes = (time.perf_counter() - started) / 60
@@ -64,8 +66,8 @@ def main() -> int:
             "",
             f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; git {commit}; "
             f"MLflow parent run {result.run_id}; whole pipeline {minutes:.1f} min. "
-            f"Throughput at batch 32 on the test split's real texts, 2 threads; usd_per_1m priced as the "
-            f"configured instance (configs/hardware.yaml).",
+            f"Throughput at batch {evaluate.batch_size} on the test split's real texts, {evaluate.threads} threads, "
+            f"on {evaluate.device}; usd_per_1m priced as instance `{evaluate.instance}` (configs/hardware.yaml).",
             "",
             selection.table_md,
             f"Champion: **{selection.champion.variant}** (cheapest within the macro-F1 tolerance of the baseline).",
