@@ -1,18 +1,22 @@
-"""The pipeline, as in DESIGN.md: prepare -> validate -> version -> finetune -> compress -> evaluate -> select -> package -> register."""
+"""The pipeline, as in DESIGN.md: prepare -> validate -> version -> finetune -> compress -> evaluate -> select -> package -> register.
+
+Stages hand each other references (tasks/common.py). Fine-tuning, every compression step and
+every measurement are cached Prefect tasks whose results persist in `result_storage`: a rerun
+reuses what is done. `tasks.dispatch` sends them to work pools in `execution: workers`.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from prefect import flow
 
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
 from tasks import tracking
-from tasks.compression import compress
+from tasks.common import Ref, Variant
+from tasks.compression import build_variant
 from tasks.data import prepare
+from tasks.dispatch import Dispatch, result_storage
 from tasks.evaluate import evaluate
-from tasks.finetune import finetune
 from tasks.modeling import check_source
 from tasks.package import Registration, package, register
 from tasks.select import Selection, select
@@ -20,8 +24,7 @@ from tasks.validate import validate
 from tasks.versioning import version_data
 
 
-@dataclass(frozen=True)
-class PipelineResult:
+class PipelineResult(Ref):
     run_id: str
     data_hash: str
     selection: Selection
@@ -33,15 +36,28 @@ def pipeline(config: str = "default", overrides: list[str] | None = None, projec
     quiet_user_errors()
     paths = ProjectPaths.resolve(project_dir)
     cfg = tracking.load_config_or_fail_run(config, overrides or [], paths)
+    on = Dispatch(cfg, paths)
     with tracking.parent_run(cfg, paths) as run_id:
         check_source(cfg.model)
         staged = prepare(cfg, paths, run_id)
-        validate(staged, cfg, run_id)
+        validate(staged, cfg, paths, run_id)
         data = version_data(staged, cfg, paths, run_id)
-        baseline = finetune(data, cfg, paths, run_id)
-        variants = [baseline] + [compress(name, steps, baseline, data, cfg, paths, run_id) for name, steps in cfg.compress.variants.items()]
-        scores = [s for s in (evaluate(v, data, cfg) for v in variants) if s is not None]
-        selection = select(scores, variants, cfg, run_id)
-        bundle = package(selection, variants, data, cfg, run_id)
-        registration = register(bundle, selection, data, cfg, run_id)
-    return PipelineResult(run_id, data.md5 or "", selection, registration)
+        base = on.finetune(
+            data=data, model=cfg.model, train_cfg=cfg.finetune, labels=cfg.data.labels, seed=cfg.seed, paths=paths, parent_run=run_id
+        )
+        variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
+        for name, steps in cfg.compress.variants.items():
+            variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
+        baseline = evaluate(variants[0], None, data, cfg, paths, run_id, measure=on.measure)
+        scores = [baseline] + [evaluate(v, baseline, data, cfg, paths, run_id, measure=on.measure) for v in variants[1:]]
+        selection = select([s for s in scores if s is not None], variants, cfg, run_id)
+        bundle = package(selection, variants, data, cfg, paths, run_id)
+        registration = register(bundle, selection, data, cfg, paths, run_id)
+    return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)
+
+
+def run(config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None) -> PipelineResult:
+    """Run the pipeline with the result storage its config names (the entry point of the CLI, tests and benchmarks)."""
+    return pipeline.with_options(result_storage=result_storage(config, overrides or [], project_dir), result_serializer="json")(
+        config=config, overrides=overrides, project_dir=project_dir
+    )

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # fail fast, before a Prefect server starts
         load_config_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))
-        from flows.pipeline import pipeline
+        from flows.pipeline import run
 
-        result = pipeline(config=args.config, overrides=args.overrides, project_dir=args.project_dir)
+        result = run(config=args.config, overrides=args.overrides, project_dir=args.project_dir)
     except FrugalError as exc:
         print(f"frugal: error: {exc.problem}\n  Fix: {exc.fix}", file=sys.stderr)
         return 2

@@ -179,6 +179,22 @@ class TrackingConfig(Strict):
     registered_model: str | None = Field(description="Registry model name; null = frugal-<config name>.")
 
 
+class WorkersConfig(Strict):
+    """Which Prefect work pool runs which step in `execution: workers` (null = in the parent flow)."""
+
+    finetune: str | None = Field(description="Pool for fine-tuning (a GPU pool).")
+    heavy_steps: str | None = Field(description="Pool for compression steps that train or need a GPU (distill, prune, lora, nf4).")
+    light_steps: str | None = Field(description="Pool for the other compression steps (quantization, export); null = parent flow.")
+    measure: str | None = Field(description="Pool whose hardware matches evaluate.instance: where variants are measured.")
+    heartbeat_seconds: int = Field(gt=0, description="Workers send a heartbeat this often; 4 missed beats = the step crashed.")
+    timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
+
+
+class ScheduleConfig(Strict):
+    cron: str | None = Field(description="Cron schedule of the retraining deployment (`frugal deploy`); null = no schedule.")
+    timezone: str = Field(description="Time zone the cron is read in.")
+
+
 class RunConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Config name: experiment and registry name.")
     seed: int
@@ -190,6 +206,15 @@ class RunConfig(Strict):
     evaluate: EvaluateConfig
     select: SelectConfig
     tracking: TrackingConfig
+    execution: Literal["local", "workers"] = Field(
+        description="local: every step in this process; workers: heavy steps on Prefect work pools (see `workers`)."
+    )
+    workers: WorkersConfig
+    result_storage: str = Field(
+        description="Where Prefect persists stage results (the reuse cache): a folder (relative to the project) or an "
+        "fsspec URL such as s3://bucket/prefix."
+    )
+    schedule: ScheduleConfig
 
     @model_validator(mode="after")
     def _known_instances(self) -> RunConfig:

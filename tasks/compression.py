@@ -1,137 +1,103 @@
-"""compress: build one variant from the baseline by applying its step, or its chain of steps.
+"""compress: build each variant from the baseline by applying its step, or its chain of steps.
 
-Each variant is a nested MLflow run holding its final model; each earlier step of a chain
-is a run nested under it, with its own model, so every intermediate is traceable. Chains
-that share a prefix reuse the prefix's model instead of recomputing it. A method that
-raises marks its variant FAILED (error recorded) and the other variants go on; a method
-the hardware cannot run marks its variant skipped, with the reason.
+Every step is one cached Prefect task (`compress_step`) keyed by its source model, its
+options, the data version and the config sections it reads: chains that share a prefix,
+and reruns after a crash, reuse what is done through the same mechanism. Each step logs its
+model on a step run of its own. A method that raises marks its variant failed and the other
+variants go on; a method the hardware cannot run marks it skipped, with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import tempfile
 import time
-import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from frugal.config import RunConfig, StepConfig
+from frugal.config import FinetuneConfig, ModelConfig, RunConfig, StepConfig
 from frugal.errors import SkipVariant
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.common import Splits, Variant, stage
+from tasks import store, tracking
+from tasks.common import DataRef, ModelRef, Ref, Variant, stage
 from tasks.compress import CompressContext, get_method
 from tasks.compress.base import StepReport
-from tasks.finetune import train_usd
+from tasks.finetune import checkpoint_dir
 
 log = logging.getLogger(__name__)
+CODE = ("tasks.compression", "tasks.compress.base", "tasks.compress._common", "tasks.training", "frugal.modelio", "frugal.runtime")
 
 
-def context(cfg: RunConfig, data: Splits, paths: ProjectPaths) -> CompressContext:
+class StepSettings(Ref):
+    """The config sections a compression step reads (part of its cache key)."""
+
+    labels: list[str]
+    seed: int
+    train: FinetuneConfig  # template for recovery and distillation training
+    model: ModelConfig  # the pretrained model (LoRA starts from it)
+    serve_device: str
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> StepSettings:
+        return cls(labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=cfg.evaluate.device)
+
+
+def context(settings: StepSettings, data_dir: Path, paths: ProjectPaths, checkpoint: Path | None = None) -> CompressContext:
     return CompressContext(
-        data=data,
-        labels=cfg.data.labels,
-        seed=cfg.seed,
-        train=cfg.finetune,
-        model=cfg.model,
-        serve_device=cfg.evaluate.device,
-        scratch=paths.work / "scratch",
-    )
+        data=data_dir, labels=settings.labels, seed=settings.seed, train=settings.train, model=settings.model,
+        serve_device=settings.serve_device, scratch=paths.work / "scratch", checkpoint=checkpoint,
+    )  # fmt: skip
 
 
-def run_step(step: StepConfig, src: Path, run_id: str, paths: ProjectPaths, ctx: CompressContext) -> tuple[Path, float]:
-    """Apply one method into a fresh model folder; log its options, report and model on `run_id`."""
+@stage(name="compress_step", cached=CODE)
+def compress_step(src: ModelRef, step: StepConfig, data: DataRef, settings: StepSettings, paths: ProjectPaths, parent_run: str) -> ModelRef:
+    """Apply one method to the model `src`; log its options, report and model on a step run."""
     method = get_method(step.method).from_config(step.options())
-    dst = paths.work / "models" / run_id
-    tracking.log_params(run_id, {"method": step.method, **{f"option.{k}": v for k, v in method.options.model_dump().items()}})
-    started = time.perf_counter()
-    report = method.apply(src, dst, ctx) or StepReport()
-    seconds = time.perf_counter() - started
-    tracking.log_params(run_id, report.params)
-    tracking.log_metrics(run_id, {**report.metrics, "step_seconds": seconds})
-    if report.notes:
-        tracking.set_tags(run_id, {"notes": " ".join(report.notes)})
-    tracking.log_dir(run_id, dst, "model")
-    return dst, seconds
+    ckpt = checkpoint_dir(paths, step.method, src, step, data.md5, settings) if method.heavy else None
+    ctx = context(settings, store.data_dir(data, paths), paths, ckpt)
+    tags = {"kind": "step", "step": step.method, "source_run": src.run_id}
+    with tracking.nested_run(parent_run, step.method, tags) as run_id, tempfile.TemporaryDirectory() as tmp:
+        options = {f"option.{k}": v for k, v in method.options.model_dump().items()}
+        tracking.log_params(run_id, {"method": step.method, **options})
+        started = time.perf_counter()
+        report = method.apply(store.model_dir(src, paths), Path(tmp) / "model", ctx) or StepReport()
+        seconds = time.perf_counter() - started
+        tracking.log_params(run_id, report.params)
+        tracking.log_metrics(run_id, {**report.metrics, "step_seconds": seconds})
+        if report.notes:
+            tracking.set_tags(run_id, {"notes": " ".join(report.notes)})
+        tracking.log_dir(run_id, Path(tmp) / "model", "model")
+    if ckpt is not None:
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return ModelRef(run_id=run_id, seconds=seconds)
 
 
-def _prefix_key(baseline: Variant, steps: list[StepConfig]) -> str:
-    spec = json.dumps([baseline.run_id, [s.model_dump() for s in steps]], sort_keys=True, default=str)
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
-
-
-def _cached(paths: ProjectPaths, key: str) -> dict | None:
-    record = paths.work / "chains" / f"{key}.json"
-    if record.is_file():
-        found = json.loads(record.read_text())
-        if Path(found["model_dir"]).is_dir():
-            return found
-    return None
-
-
-def _remember(paths: ProjectPaths, key: str, run_id: str, model_dir: Path, seconds: float) -> None:
-    record = paths.work / "chains" / f"{key}.json"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run_id, "model_dir": str(model_dir), "seconds": seconds}))
-
-
-def _final_step(step: StepConfig, src: Path, key: str, variant_run: str, paths: ProjectPaths, ctx: CompressContext) -> tuple[Path, float]:
-    """Run the variant's last step, or reuse the model when another variant already made exactly this one."""
-    found = _cached(paths, key)
-    if found is not None:
-        tracking.log_params(variant_run, {"method": step.method})
-        tracking.set_tags(variant_run, {"reused_from": found["run_id"]})
-        tracking.log_dir(variant_run, Path(found["model_dir"]), "model")
-        return Path(found["model_dir"]), found["seconds"]
-    model_dir, took = run_step(step, src, variant_run, paths, ctx)
-    _remember(paths, key, variant_run, model_dir, took)
-    return model_dir, took
+StepRunner = Callable[..., ModelRef]
 
 
 def build_variant(
-    name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str
-) -> Variant:
-    ctx = context(cfg, data, paths)
-    chain = " -> ".join(s.method for s in steps)
-    variant_run = tracking.child_run(run_id, name, {"method": steps[-1].method, "chain": chain})
-    src, parents, seconds = baseline.model_dir, [baseline.run_id], 0.0
+    name: str, steps: list[StepConfig], baseline: ModelRef, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str,
+    run_step: StepRunner = compress_step,
+) -> Variant:  # fmt: skip
+    """Run a variant's steps in order; never raises for a method's own failure (see module docstring)."""
+    settings = StepSettings.of(cfg)
+    for step in steps:
+        reason = get_method(step.method).from_config(step.options()).unsupported(cfg.evaluate.device)
+        if reason:
+            log.warning("Variant %s skipped: %s", name, reason)
+            return Variant(name=name, model=None, status="skipped", reason=reason)
+    model, runs, seconds = baseline, [baseline.run_id], 0.0
     try:
-        for i, step in enumerate(steps[:-1], start=1):
-            key = _prefix_key(baseline, steps[:i])
-            found = _cached(paths, key)
-            if found is None:
-                step_run = tracking.child_run(variant_run, f"{name}/{i}-{step.method}", {"role": "intermediate"})
-                tracking.set_tags(step_run, {"parents": ",".join(parents)})
-                model_dir, took = run_step(step, src, step_run, paths, ctx)
-                tracking.end_run(step_run)
-                found = {"run_id": step_run, "model_dir": str(model_dir), "seconds": took}
-                _remember(paths, key, step_run, model_dir, took)
-            src, seconds = Path(found["model_dir"]), seconds + found["seconds"]
-            parents.append(found["run_id"])
-        tracking.set_tags(variant_run, {"parents": ",".join(parents)})
-        model_dir, took = _final_step(steps[-1], src, _prefix_key(baseline, steps), variant_run, paths, ctx)
-        seconds += took
+        for step in steps:
+            model = run_step(src=model, step=step, data=data, settings=settings, paths=paths, parent_run=parent_run)
+            runs.append(model.run_id)
+            seconds += model.seconds
     except SkipVariant as skip:
         log.warning("Variant %s skipped: %s", name, skip.reason)
-        tracking.set_tags(variant_run, {"status": "skipped", "skip_reason": skip.reason})
-        tracking.end_run(variant_run)
-        return Variant(name, variant_run, None, status="skipped", reason=skip.reason, parents=tuple(parents))
+        return Variant(name=name, model=None, steps=tuple(runs), status="skipped", reason=skip.reason)
     except Exception as exc:  # a broken method must not sink the other variants
         log.error("Variant %s failed: %s: %s", name, type(exc).__name__, exc)
-        tracking.set_tags(variant_run, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracking.log_text(variant_run, traceback.format_exc(), "error.txt")
-        tracking.end_run(variant_run, "FAILED")
-        return Variant(name, variant_run, None, status="failed", reason=f"{type(exc).__name__}: {exc}", parents=tuple(parents))
-    tracking.log_metrics(variant_run, {"train_seconds": seconds, "train_usd": train_usd(seconds, cfg.finetune)})
-    tracking.set_tags(variant_run, {"status": "ok"})
-    tracking.end_run(variant_run)
-    return Variant(name, variant_run, model_dir, parents=tuple(parents), train_seconds=seconds)
-
-
-@stage(name="compress")
-def compress(
-    name: str, steps: list[StepConfig], baseline: Variant, data: Splits, cfg: RunConfig, paths: ProjectPaths, run_id: str
-) -> Variant:
-    """One variant; never raises for a method's own failure (see module docstring)."""
-    return build_variant(name, steps, baseline, data, cfg, paths, run_id)
+        return Variant(name=name, model=None, steps=tuple(runs), status="failed", reason=f"{type(exc).__name__}: {exc}")
+    return Variant(name=name, model=model.model_copy(update={"seconds": seconds}), steps=tuple(runs))

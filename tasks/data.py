@@ -18,7 +18,7 @@ from frugal.config import DataConfig, RunConfig
 from frugal.errors import DataError
 from frugal.paths import ProjectPaths
 from tasks import tracking
-from tasks.common import SPLITS, Splits, stage
+from tasks.common import SPLITS, Ref, stage
 
 log = logging.getLogger(__name__)
 
@@ -176,22 +176,40 @@ def labelled_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.Da
     return _stratified_sample(train, max_rows, seed)
 
 
-def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> Splits:
+class Staged(Ref):
+    """Splits prepared by this pipeline run and not yet validated: they live in the run's staging folder."""
+
+    run_id: str
+    rows: dict[str, int]
+
+    def dir(self, paths: ProjectPaths) -> Path:
+        return paths.work / "staging" / self.run_id
+
+
+def split_path(folder: Path, split: str) -> Path:
+    return folder / f"{split}.parquet"
+
+
+def read_split(folder: Path, split: str) -> pd.DataFrame:
+    return pd.read_parquet(split_path(folder, split))
+
+
+def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
-        frame[["text", "label"]].to_parquet(out_dir / f"{name}.parquet", index=False)
-    return Splits(dir=out_dir, rows={name: len(splits[name]) for name in SPLITS})
+        frame[["text", "label"]].to_parquet(split_path(out_dir, name), index=False)
+    return {name: len(splits[name]) for name in SPLITS}
 
 
 @stage(name="prepare", retries=2)
-def prepare(cfg: RunConfig, paths: ProjectPaths, run_id: str) -> Splits:
-    """Load, clean and split the data into a staging folder; log the cleaning report."""
+def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
+    """Load, clean and split the data into this run's staging folder; log the cleaning report."""
     raw = load_source(cfg.data, paths.root)
     frame, report = clean(raw, cfg.data)
-    staged_dir = paths.work / "staging" / run_id
-    shutil.rmtree(staged_dir, ignore_errors=True)
-    staged = write_splits(split(frame, cfg.data, cfg.seed), staged_dir)
+    staged = Staged(run_id=parent_run, rows={})
+    shutil.rmtree(staged.dir(paths), ignore_errors=True)
+    rows = write_splits(split(frame, cfg.data, cfg.seed), staged.dir(paths))
     log.info("Cleaning: %s rows in, %s kept (%s)", report["rows_raw"], report["rows_clean"], _summary(report) or "nothing removed")
-    tracking.log_metrics(run_id, {**report, **{f"rows_{k}": v for k, v in staged.rows.items()}})
-    tracking.log_json(run_id, report, "data/cleaning_report.json")
-    return staged
+    tracking.log_metrics(parent_run, {**report, **{f"rows_{k}": v for k, v in rows.items()}})
+    tracking.log_json(parent_run, report, "data/cleaning_report.json")
+    return Staged(run_id=parent_run, rows=rows)

@@ -13,30 +13,33 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from frugal.config import RunConfig, load_hardware
+from frugal.config import EvaluateConfig, RunConfig, load_hardware
 from frugal.modelio import Manifest, model_size_mb
-from tasks import tracking
-from tasks.common import Scores, Splits, Variant, stage
+from frugal.paths import ProjectPaths
+from tasks import store, tracking
+from tasks.common import DataRef, Ref, Scores, Variant, stage
 from tasks.finetune import train_usd
 
 log = logging.getLogger(__name__)
+CODE = ("tasks.evaluate", "frugal.measure", "frugal.runtime", "frugal.modelio")
 
 
-def run_measurement(model_dir: Path, test_parquet: Path, cfg: RunConfig) -> dict:
+def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) -> dict:
     request = {
         "model_dir": str(model_dir),
         "test_parquet": str(test_parquet),
-        "batch_size": cfg.evaluate.batch_size,
-        "threads": cfg.evaluate.threads,
-        "warmup_batches": cfg.evaluate.warmup_batches,
-        "latency_samples": cfg.evaluate.latency_samples,
-        "device": cfg.evaluate.device,
+        "batch_size": cfg.batch_size,
+        "threads": cfg.threads,
+        "warmup_batches": cfg.warmup_batches,
+        "latency_samples": cfg.latency_samples,
+        "device": cfg.device,
     }
-    threads = str(cfg.evaluate.threads)
+    threads = str(cfg.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -80,64 +83,92 @@ def confusion_png(truth: list[str], predicted: list[str], labels: list[str], tit
     return out
 
 
-def score(variant: Variant, data: Splits, cfg: RunConfig) -> dict[str, float]:
-    """All DESIGN.md metric names except the ones relative to the baseline."""
-    assert variant.model_dir is not None
-    manifest = Manifest.load(variant.model_dir)
-    result = run_measurement(variant.model_dir, data.path("test"), cfg)
-    truth = list(pd.read_parquet(data.path("test"))["label"])
-    predicted = [manifest.labels[i] for i in result["predicted"]]
-    price = load_hardware()[cfg.evaluate.instance].usd_per_hour
+class Measurement(Ref):
+    """What measuring a model on the test split gives: its predicted labels and its cost metrics."""
+
+    predicted: list[str]
+    metrics: dict[str, float]
+
+
+@stage(name="measure", cached=CODE)
+def measure_model(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, paths: ProjectPaths) -> Measurement:
+    """Quality inputs and cost of one model on the test split, in a fresh process (cached: a rerun reuses it)."""
+    model_dir = store.resolve(model_uri, paths)
+    test = store.data_dir(data, paths) / "test.parquet"
+    result = run_measurement(model_dir, test, evaluate_cfg)
+    manifest = Manifest.load(model_dir)
+    price = load_hardware()[evaluate_cfg.instance].usd_per_hour
     metrics = {
-        **quality(truth, predicted, cfg.data.labels),
         **result["metrics"],
-        "model_size_mb": model_size_mb(variant.model_dir),
+        "model_size_mb": model_size_mb(model_dir),
         "params_m": manifest.params / 1e6,
         "usd_per_1m": usd_per_1m(result["metrics"]["throughput_per_s"], price),
+    }
+    return Measurement(predicted=[manifest.labels[i] for i in result["predicted"]], metrics=metrics)
+
+
+def score(measured: Measurement, truth: list[str], variant: Variant, cfg: RunConfig, baseline: Scores | None) -> dict[str, float]:
+    """Every DESIGN.md metric of a variant: quality, cost, training cost, and relative to the baseline."""
+    metrics = {
+        **quality(truth, measured.predicted, cfg.data.labels),
+        **measured.metrics,
         "train_seconds": variant.train_seconds,
         "train_usd": train_usd(variant.train_seconds, cfg.finetune),
     }
-    trained = tracking.mlflow_client().get_run(variant.run_id).data.metrics.get("trainable_share")
-    if trained is not None:  # set by training steps (fine-tuning, LoRA, distillation, pruning recovery)
-        metrics["trainable_share"] = trained
-    with tempfile.TemporaryDirectory() as tmp:
-        png = confusion_png(truth, predicted, cfg.data.labels, f"{variant.name}: test split", Path(tmp) / "confusion_matrix.png")
-        tracking.log_file(variant.run_id, png)
-    return metrics
+    if variant.model is not None:
+        trained = tracking.mlflow_client().get_run(variant.model.run_id).data.metrics.get("trainable_share")
+        if trained is not None:  # set by training steps (fine-tuning, LoRA, distillation, pruning recovery)
+            metrics["trainable_share"] = trained
+    return {**metrics, **relative(metrics, baseline.metrics if baseline else metrics)}
+
+
+def relative(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """cost_ratio < 1 and speedup > 1 mean cheaper and faster than the baseline."""
+    return {
+        "speedup_vs_baseline": metrics["throughput_per_s"] / base["throughput_per_s"],
+        "cost_ratio_vs_baseline": metrics["usd_per_1m"] / base["usd_per_1m"],
+        "f1_retained": metrics["macro_f1"] / base["macro_f1"] if base["macro_f1"] > 0 else 0.0,
+    }
+
+
+def _record(variant: Variant, run_id: str, data: DataRef, cfg: RunConfig) -> None:
+    tags = {"kind": "variant", "variant": variant.name, "status": variant.status, "steps": ",".join(variant.steps)}
+    if variant.model is not None:
+        tags["model_uri"] = variant.model.uri
+    tracking.set_tags(run_id, {**tags, **({"skip_reason": variant.reason} if variant.status == "skipped" else {})})
+    tracking.log_params(
+        run_id,
+        {"eval_threads": cfg.evaluate.threads, "eval_batch_size": cfg.evaluate.batch_size, "hardware_profile": cfg.evaluate.instance,
+         "eval_device": cfg.evaluate.device, "test_rows": data.rows["test"]},
+    )  # fmt: skip
 
 
 @stage(name="evaluate")
-def evaluate(variant: Variant, data: Splits, cfg: RunConfig) -> Scores | None:
-    """Measure one variant and log its metrics on its nested run; None if it was skipped or failed."""
-    if variant.status != "ok":
-        return None
-    tracking.log_params(
-        variant.run_id,
-        {
-            "eval_threads": cfg.evaluate.threads,
-            "eval_batch_size": cfg.evaluate.batch_size,
-            "hardware_profile": cfg.evaluate.instance,
-            "eval_device": cfg.evaluate.device,
-            "test_rows": data.rows["test"],
-        },
-    )
+def evaluate(
+    variant: Variant, baseline: Scores | None, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str, measure: Any = None
+) -> Scores | None:
+    """Measure one variant and record it as a variant run of this pipeline run; None if it was skipped or failed."""
     try:
-        metrics = score(variant, data, cfg)
+        with tracking.nested_run(parent_run, variant.name, {"kind": "variant", "variant": variant.name}) as run_id:
+            _record(variant, run_id, data, cfg)
+            if variant.status == "failed":
+                raise RuntimeError(f"building the variant failed: {variant.reason}")
+            if variant.model is None:
+                return None
+            measured = (measure or measure_model)(model_uri=variant.model.uri, data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+            truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
+            metrics = score(measured, truth, variant, cfg, baseline)
+            tracking.log_metrics(run_id, metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                title, png = f"{variant.name}: test split", Path(tmp) / "confusion_matrix.png"
+                tracking.log_file(run_id, confusion_png(truth, measured.predicted, cfg.data.labels, title, png))
     except Exception as exc:
-        if variant.name == "baseline":
+        if baseline is None:  # nothing can be compared without the baseline
             raise
-        log.error("Evaluating %s failed: %s", variant.name, exc)
-        tracking.set_tags(variant.run_id, {"status": "failed", "error": f"evaluate: {exc}"[:5000]})
-        tracking.end_run(variant.run_id, "FAILED")
+        log.error("Variant %s: %s", variant.name, exc)
         return None
-    tracking.log_metrics(variant.run_id, metrics)
     log.info(
-        "%s: macro-F1 %.4f, p50 %.1f ms, %.0f texts/s, %.1f MB, $%.4f per 1M",
-        variant.name,
-        metrics["macro_f1"],
-        metrics["latency_p50_ms"],
-        metrics["throughput_per_s"],
-        metrics["model_size_mb"],
-        metrics["usd_per_1m"],
-    )
-    return Scores(variant.name, variant.run_id, metrics)
+        "%s: macro-F1 %.4f, p50 %.1f ms, %.0f texts/s, %.1f MB, $%.4f per 1M", variant.name, metrics["macro_f1"],
+        metrics["latency_p50_ms"], metrics["throughput_per_s"], metrics["model_size_mb"], metrics["usd_per_1m"],
+    )  # fmt: skip
+    return Scores(variant=variant.name, run_id=run_id, metrics=metrics)

@@ -7,20 +7,21 @@ serve -m models:/<name>@champion` serves it; docker/serve.Dockerfile builds an i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from frugal.config import RunConfig
 from frugal.modelio import Manifest
-from frugal.paths import ROOT
-from tasks import tracking
-from tasks.common import Splits, Variant, stage
+from frugal.paths import ROOT, ProjectPaths
+from tasks import store, tracking
+from tasks.common import DataRef, Ref, Variant, stage
 from tasks.evaluate import quality
 from tasks.select import Selection
 
@@ -35,18 +36,23 @@ _RUNTIMES = {
 }
 
 
-@dataclass(frozen=True)
-class Bundle:
+class Bundle(Ref):
     uri: str
     variant: str
+    model_uri: str
     runtime: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(Ref):
     version: str | None
     promoted: bool
     reason: str
+
+
+class Incumbent(Ref):
+    version: str
+    macro_f1: float
+    usd_per_1m: float
 
 
 def requirements(fmt: str) -> list[str]:
@@ -75,69 +81,111 @@ def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
 
 
 @stage(name="package")
-def package(selection: Selection, variants: list[Variant], data: Splits, cfg: RunConfig, run_id: str) -> Bundle:
+def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Bundle:
     champion = next(v for v in variants if v.name == selection.champion.variant)
-    assert champion.model_dir is not None
-    fmt = Manifest.load(champion.model_dir).format
+    assert champion.model is not None
+    model_dir = store.model_dir(champion.model, paths)
+    fmt = Manifest.load(model_dir).format
     with tempfile.TemporaryDirectory() as tmp:
-        sample = list(pd.read_parquet(data.path("test"))["text"][:2])
-        bundle = build_bundle(champion.model_dir, Path(tmp) / BUNDLE, sample)
+        sample = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["text"][:2])
+        bundle = build_bundle(model_dir, Path(tmp) / BUNDLE, sample)
         shutil.copy(ROOT / "docker" / "serve.Dockerfile", bundle / "Dockerfile")
-        tracking.log_dir(run_id, bundle, BUNDLE)
-    log.info("Packaged %s (%s runtime) as runs:/%s/%s", champion.name, fmt, run_id, BUNDLE)
-    return Bundle(f"runs:/{run_id}/{BUNDLE}", champion.name, _RUNTIMES[fmt])
+        tracking.log_dir(parent_run, bundle, BUNDLE)
+    log.info("Packaged %s (%s runtime) as runs:/%s/%s", champion.name, fmt, parent_run, BUNDLE)
+    return Bundle(uri=f"runs:/{parent_run}/{BUNDLE}", variant=champion.name, model_uri=champion.model.uri, runtime=_RUNTIMES[fmt])
 
 
-def current_champion_f1(name: str, data: Splits, labels: list[str]) -> tuple[object, float] | None:
-    """The registered champion and its macro-F1 on *this* run's test split, or None if there is none."""
-    import mlflow.pyfunc
+def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> Incumbent | None:
+    """The current champion, re-measured now, on this run's test split and hardware (its cost is never a stale tag)."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking.mlflow_client()
+    from tasks.evaluate import measure_model
+
     try:
-        version = client.get_model_version_by_alias(name, ALIAS)
+        version = tracking.mlflow_client().get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         return None
-    test = pd.read_parquet(data.path("test"))
     try:
-        predicted = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS}").predict(test[["text"]])["label"]
+        measured = measure_model(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
     except Exception as exc:  # a champion that no longer loads cannot defend its place
-        log.warning("The current champion v%s could not be re-scored (%s); it will be replaced", version.version, exc)
-        return version, float("-inf")
-    return version, quality(list(test["label"]), list(predicted), labels)["macro_f1"]
+        log.warning("The current champion v%s could not be re-measured (%s); it will be replaced", version.version, exc)
+        return Incumbent(version=str(version.version), macro_f1=float("-inf"), usd_per_1m=float("inf"))
+    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
+    f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
+    return Incumbent(version=str(version.version), macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
+
+
+def decide(current: Incumbent | None, challenger: dict[str, float], floor: float) -> tuple[bool, str]:
+    """The champion/challenger rule: keep the incumbent while it is within tolerance of this run's baseline and no more expensive."""
+    if current is None:
+        return True, "no champion yet"
+    if current.macro_f1 >= floor and current.usd_per_1m <= challenger["usd_per_1m"]:
+        return False, (
+            f"kept v{current.version}: macro-F1 {current.macro_f1:.4f} on this test split is within tolerance and it costs "
+            f"${current.usd_per_1m:.4f}/1M <= ${challenger['usd_per_1m']:.4f}/1M (re-measured in this run)"
+        )
+    return True, f"challenger beats v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M re-measured)"
 
 
 @stage(name="register")
-def register(bundle: Bundle, selection: Selection, data: Splits, cfg: RunConfig, run_id: str) -> Registration:
-    """Register the bundle and move `champion` to it, unless the current champion is still as good and cheaper."""
+def register(bundle: Bundle, selection: Selection, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Registration:
+    """Register the bundle and move `champion` to it, unless the current champion is still as good and cheaper.
+
+    The decision and the promotion happen under one lock (a Prefect global concurrency limit,
+    plus a file lock for a local store), so two runs finishing together promote at most once.
+    """
     import mlflow
 
     name, new = cfg.registered_model_name, selection.champion.metrics
-    current = current_champion_f1(name, data, cfg.data.labels)
-    if current is not None:
-        version, old_f1 = current
-        floor = selection.baseline.metrics["macro_f1"] - cfg.select.tolerance
-        old_cost = float(version.tags.get("usd_per_1m", "inf"))
-        if old_f1 >= floor and old_cost <= new["usd_per_1m"]:
-            reason = (
-                f"kept v{version.version}: macro-F1 {old_f1:.4f} on this test split is within tolerance and it costs "
-                f"${old_cost:.4f}/1M <= ${new['usd_per_1m']:.4f}/1M"
-            )
-            tracking.set_tags(run_id, {"registry": reason})
-            log.info("Registry: %s", reason)
-            return Registration(None, False, reason)
-    tags = {
-        "variant": bundle.variant,
-        "pipeline_run_id": run_id,
-        "variant_run_id": selection.champion.run_id,
-        "data_hash": data.md5,
-        "config_hash": cfg.digest(),
-        "macro_f1": new["macro_f1"],
-        "usd_per_1m": new["usd_per_1m"],
-    }
-    version = mlflow.register_model(bundle.uri, name, tags={k: str(v) for k, v in tags.items()})
-    tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version.version)
-    reason = f"{name} v{version.version} ({bundle.variant}) is now @{ALIAS}"
-    tracking.set_tags(run_id, {"registry": reason, "registered_version": version.version})
+    with promotion_lock(name, paths):
+        current = incumbent(name, data, cfg, paths)
+        promote, why = decide(current, new, selection.baseline.metrics["macro_f1"] - cfg.select.tolerance)
+        scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
+        if current is not None:
+            scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}
+        tracking.log_metrics(parent_run, {k: v for k, v in scores.items() if abs(v) != float("inf")})
+        if not promote:
+            tracking.set_tags(parent_run, {"registry": why, "registry_decision": "kept"})
+            log.info("Registry: %s", why)
+            return Registration(version=None, promoted=False, reason=why)
+        tags = {
+            "variant": bundle.variant, "pipeline_run_id": parent_run, "variant_run_id": selection.champion.run_id,
+            "model_uri": bundle.model_uri, "data_hash": data.md5, "config_hash": cfg.digest(),
+            "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"],
+        }  # fmt: skip
+        version = mlflow.register_model(bundle.uri, name, tags={k: str(v) for k, v in tags.items()})
+        tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version.version)
+    reason = f"{name} v{version.version} ({bundle.variant}) is now @{ALIAS}: {why}"
+    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version.version})
     log.info("Registry: %s", reason)
-    return Registration(version.version, True, reason)
+    return Registration(version=str(version.version), promoted=True, reason=reason)
+
+
+PROMOTION_LIMIT = "frugal-promotion"
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str, paths: ProjectPaths) -> Iterator[None]:
+    from filelock import FileLock
+    from prefect.concurrency.sync import concurrency
+
+    ensure_promotion_limit()
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.work / f"promotion-{name}.lock")), concurrency(PROMOTION_LIMIT, occupy=1):
+        yield
+
+
+def ensure_promotion_limit() -> None:
+    """Create the global concurrency limit (one slot) that serialises promotions; `frugal deploy` calls it too."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1))
+            except ObjectAlreadyExists:
+                pass

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from frugal.config import RunConfig
 from tasks import tracking
-from tasks.common import Scores, Variant, stage
+from tasks.common import Ref, Scores, Variant, stage
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = (
@@ -33,22 +32,11 @@ TABLE_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(Ref):
     champion: Scores
     baseline: Scores
     frontier: tuple[str, ...]
     table_md: str
-
-
-def relative(scores: Scores, baseline: Scores) -> dict[str, float]:
-    """cost_ratio < 1 and speedup > 1 mean cheaper and faster than the baseline."""
-    m, b = scores.metrics, baseline.metrics
-    return {
-        "speedup_vs_baseline": m["throughput_per_s"] / b["throughput_per_s"],
-        "cost_ratio_vs_baseline": m["usd_per_1m"] / b["usd_per_1m"],
-        "f1_retained": m["macro_f1"] / b["macro_f1"] if b["macro_f1"] > 0 else 0.0,
-    }
 
 
 def pareto_front(scores: list[Scores]) -> list[str]:
@@ -123,22 +111,17 @@ def frontier_png(scores: list[Scores], frontier: list[str], champion: str, toler
 
 
 @stage(name="select")
-def select(scores: list[Scores], variants: list[Variant], cfg: RunConfig, run_id: str) -> Selection:
+def select(scores: list[Scores], variants: list[Variant], cfg: RunConfig, parent_run: str) -> Selection:
+    """The Pareto frontier, the champion, and the comparison table and plot on the parent run."""
     baseline = next(s for s in scores if s.variant == "baseline")
-    scored = []
-    for s in scores:
-        rel = relative(s, baseline)
-        tracking.log_metrics(s.run_id, rel)
-        scored.append(Scores(s.variant, s.run_id, {**s.metrics, **rel}))
-    baseline = next(s for s in scored if s.variant == "baseline")
-    frontier = pareto_front(scored)
-    champion = choose(scored, baseline, cfg.select.tolerance)
-    md = table(scored, variants, frontier, champion.variant)
-    tracking.log_text(run_id, md, "comparison.md")
+    frontier = pareto_front(scores)
+    champion = choose(scores, baseline, cfg.select.tolerance)
+    md = table(scores, variants, frontier, champion.variant)
+    tracking.log_text(parent_run, md, "comparison.md")
     with tempfile.TemporaryDirectory() as tmp:
         floor = baseline.metrics["macro_f1"] - cfg.select.tolerance
-        tracking.log_file(run_id, frontier_png(scored, frontier, champion.variant, floor, Path(tmp) / "pareto_frontier.png"))
-    tracking.set_tags(run_id, {"champion_variant": champion.variant, "pareto_frontier": ",".join(frontier)})
-    tracking.log_metrics(run_id, {f"champion_{k}": v for k, v in champion.metrics.items()})
+        tracking.log_file(parent_run, frontier_png(scores, frontier, champion.variant, floor, Path(tmp) / "pareto_frontier.png"))
+    tracking.set_tags(parent_run, {"champion_variant": champion.variant, "pareto_frontier": ",".join(frontier)})
+    tracking.log_metrics(parent_run, {f"champion_{k}": v for k, v in champion.metrics.items()})
     log.info("Champion: %s\n%s", champion.variant, md)
-    return Selection(champion, baseline, tuple(frontier), md)
+    return Selection(champion=champion, baseline=baseline, frontier=tuple(frontier), table_md=md)

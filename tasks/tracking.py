@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ROOT / "requirements" / "lock.txt"
 
 
+_schema_ready: set[str] = set()
 _uri_we_set: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that one is not the user's
 
 
@@ -50,10 +51,29 @@ def _client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     global _uri_we_set
+    _create_schema_once(uri)
     mlflow.set_tracking_uri(uri)
     _uri_we_set = uri
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
+
+
+def _create_schema_once(uri: str) -> None:
+    """Create a new SQLite store's tables under a file lock.
+
+    MLflow creates its schema on first use; two processes doing that at once on a fresh
+    file fail with `duplicate column name`. Once the tables exist, concurrent use is safe.
+    """
+    if not uri.startswith("sqlite:///") or uri in _schema_ready:
+        return
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        MlflowClient(uri).search_experiments(max_results=1)
+    _schema_ready.add(uri)
 
 
 def mlflow_client() -> MlflowClient:
@@ -111,49 +131,34 @@ def _record_config_failure(config: str, overrides: list[str], raw: dict[str, Any
 
 @contextlib.contextmanager
 def parent_run(cfg: RunConfig, paths: ProjectPaths, run_name: str | None = None) -> Iterator[str]:
-    """Open the pipeline's parent run; it ends FAILED if anything inside raises."""
+    """Open the pipeline's parent run, first closing runs of this experiment that a killed process left RUNNING."""
     from mlflow.entities import Param
 
+    from tasks.lifecycle import close_stale_runs, owned_run
+
     exp_id = experiment_id(cfg, paths)
-    mlc = mlflow_client()
-    run = mlc.create_run(exp_id, run_name=run_name, tags=provenance_tags(cfg))
-    run_id = run.info.run_id
-    try:
+    close_stale_runs(mlflow_client(), exp_id)
+    with owned_run(mlflow_client(), exp_id, run_name, provenance_tags(cfg)) as run_id:
         params = [Param(k, v[:6000]) for k, v in cfg.flat().items()]
         for start in range(0, len(params), 100):
-            mlc.log_batch(run_id, params=params[start : start + 100])
+            mlflow_client().log_batch(run_id, params=params[start : start + 100])
         yield run_id
-    except BaseException as exc:
-        mlc.set_tag(run_id, "error", str(exc)[:5000])
-        mlc.set_terminated(run_id, "FAILED")
-        raise
-    else:
-        mlc.set_terminated(run_id, "FINISHED")
 
 
-def child_run(parent_run_id: str, variant: str, tags: dict[str, str] | None = None) -> str:
-    mlc = mlflow_client()
-    parent = mlc.get_run(parent_run_id)
-    run = mlc.create_run(
-        parent.info.experiment_id,
-        run_name=variant,
-        tags={"mlflow.parentRunId": parent_run_id, "variant": variant, **parent_tags(parent.data.tags), **(tags or {})},
-    )
-    return run.info.run_id
+def child_tags(parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The experiment and tags of a run nested under `parent_run_id` (it inherits the provenance tags)."""
+    parent = mlflow_client().get_run(parent_run_id)
+    return parent.info.experiment_id, {"mlflow.parentRunId": parent_run_id, **parent_tags(parent.data.tags), **(tags or {})}
 
 
 @contextlib.contextmanager
-def nested_run(parent_run_id: str, variant: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """A nested run that ends FAILED, with the error as a tag, if anything inside raises."""
-    run_id = child_run(parent_run_id, variant, tags)
-    try:
+def nested_run(parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A run nested under `parent_run_id` that ends in one true state: FINISHED, FAILED (+ error) or KILLED."""
+    from tasks.lifecycle import owned_run
+
+    exp_id, all_tags = child_tags(parent_run_id, name, tags)
+    with owned_run(mlflow_client(), exp_id, name, all_tags) as run_id:
         yield run_id
-    except BaseException as exc:
-        set_tags(run_id, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
-        end_run(run_id, "FAILED")
-        raise
-    else:
-        end_run(run_id, "FINISHED")
 
 
 def parent_tags(tags: dict[str, str]) -> dict[str, str]:

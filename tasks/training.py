@@ -121,7 +121,6 @@ def train(
     if checkpoint_dir is not None:
         state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler) or state
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
-    torch.manual_seed(seed + state.step)
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
     for step in range(state.step, total_steps):
@@ -129,6 +128,7 @@ def train(
         if within == 0 or step == state.step:
             batches = _epoch_batches(epoch, lengths, cfg.batch_size, seed)
         idx = batches[within]
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only: a resumed run repeats the original
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
         with _autocast(device):
             logits = model(**batch).logits.float()
@@ -149,9 +149,7 @@ def train(
     bar.close()
     if state.best is not None:
         model.load_state_dict(state.best)
-    model.eval()
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    model.eval()  # the checkpoint stays until the caller has stored the model (see tasks/finetune.py)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, trainable, state.history)
 

@@ -9,8 +9,10 @@ import pandas as pd
 
 from frugal.config import RunConfig
 from frugal.errors import ValidationFailed
+from frugal.paths import ProjectPaths
 from tasks import tracking
-from tasks.common import SPLITS, Splits, stage
+from tasks.common import SPLITS, stage
+from tasks.data import Staged, read_split
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,10 @@ def failures(results: dict[str, Any]) -> list[str]:
 
 
 @stage(name="validate")
-def validate(staged: Splits, cfg: RunConfig, run_id: str) -> dict[str, Any]:
+def validate(staged: Staged, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> dict[str, Any]:
     """Run the suite, log its result to MLflow, and stop the flow when any expectation fails."""
-    frames = {split: pd.read_parquet(staged.path(split)) for split in SPLITS}
+    run_id = parent_run
+    frames = {split: read_split(staged.dir(paths), split) for split in SPLITS}
     results = run_suite(frames, cfg)
     tracking.log_json(run_id, results, "validation/result.json")
     failed = failures(results)

@@ -32,11 +32,11 @@ def labelled_train(ctx: CompressContext) -> pd.DataFrame:
     """The train rows fine-tuning learned labels from."""
     from tasks.data import labelled_rows  # here, not at the top: config validation imports this package
 
-    return labelled_rows(pd.read_parquet(ctx.data.path("train")), ctx.train.max_rows, ctx.seed)
+    return labelled_rows(pd.read_parquet(ctx.data / "train.parquet"), ctx.train.max_rows, ctx.seed)
 
 
 def val_split(ctx: CompressContext) -> pd.DataFrame:
-    return pd.read_parquet(ctx.data.path("val"))
+    return pd.read_parquet(ctx.data / "val.parquet")
 
 
 def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_rows: int) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_ro
     """
     if transfer_rows <= 0:
         return labelled
-    rest = pd.read_parquet(ctx.data.path("train"))
+    rest = pd.read_parquet(ctx.data / "train.parquet")
     rest = rest[~rest["text"].isin(set(labelled["text"]))]
     extra = rest.sample(n=min(transfer_rows, len(rest)), random_state=ctx.seed).assign(label=None)
     return pd.concat([labelled, extra], ignore_index=True)
@@ -100,8 +100,9 @@ def train_with_teacher(
         logits = soft_targets(teacher, tokenize, list(train_df["text"]), resolve_device(cfg.device))
         loss = distillation_loss(logits, temperature, alpha)
     return train(
-        student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed, checkpoint_dir=None, resume_key="", loss_fn=loss, desc=desc
-    )
+        student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed,
+        checkpoint_dir=ctx.checkpoint, resume_key=ctx.checkpoint.name if ctx.checkpoint else "", loss_fn=loss, desc=desc,
+    )  # fmt: skip
 
 
 def training_report(result: TrainResult, total: int, **params: Any) -> StepReport:

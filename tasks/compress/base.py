@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
     from frugal.config import ModelConfig, TrainConfig
     from frugal.modelio import Manifest
-    from tasks.common import Splits
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -29,13 +28,14 @@ class MethodOptions(BaseModel):
 class CompressContext:
     """What a method may use besides its input model."""
 
-    data: Splits
+    data: Path  # local folder of the train/val/test Parquet splits
     labels: list[str]
     seed: int
     train: TrainConfig  # the fine-tuning settings: the template for recovery and distillation training
     model: ModelConfig  # the pretrained model, for methods that start from it (LoRA)
     serve_device: str  # where variants are evaluated and served: a method that cannot run there is skipped
     scratch: Path
+    checkpoint: Path | None = None  # where a training method keeps its resume point (None: no checkpoints)
 
 
 @dataclass
@@ -63,6 +63,10 @@ class Method(ABC):
     @classmethod
     def from_config(cls, options: dict[str, Any]) -> Method:
         return cls(cls.Options(**options))
+
+    def unsupported(self, serve_device: str) -> str | None:
+        """Why this method cannot run for `serve_device` on this machine (the variant is then skipped), or None."""
+        return None
 
     @abstractmethod
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport: ...

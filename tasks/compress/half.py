@@ -52,6 +52,9 @@ class Half(TorchMethod):
     name = "half"
     Options = HalfOptions
 
+    def unsupported(self, serve_device: str) -> str | None:
+        return unsupported(self.options.dtype, serve_device)
+
     def build(self, src: Path, ctx: CompressContext):
         dtype = self.options.dtype
         reason = unsupported(dtype, ctx.serve_device)

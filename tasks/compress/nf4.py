@@ -23,15 +23,23 @@ class Nf4(Method):
     Options = Nf4Options
     heavy = True
 
+    def unsupported(self, serve_device: str) -> str | None:
+        import importlib.util
+
+        import torch
+
+        if serve_device != "cuda" or not torch.cuda.is_available():
+            return f"4-bit NF4 (bitsandbytes) runs only on CUDA; this run serves on {serve_device}"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed (pip install -e '.[gpu]')"
+        return None
+
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
         import torch
 
-        if ctx.serve_device != "cuda" or not torch.cuda.is_available():
-            raise SkipVariant(f"4-bit NF4 (bitsandbytes) runs only on CUDA; this run serves on {ctx.serve_device}")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise SkipVariant("bitsandbytes is not installed (pip install -e '.[gpu]')") from None
+        reason = self.unsupported(ctx.serve_device)
+        if reason:
+            raise SkipVariant(reason)
         from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 
         manifest = require_format(src, "hf", self.name)
