@@ -56,8 +56,12 @@ def commit(staged: Path, target: Path, root: Path) -> str:
 @stage(name="version_data")
 def version_data(staged: Staged, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> DataRef:
     """Record the validated splits as the project's data version, and log them so any worker can fetch that version."""
+    from filelock import FileLock
+
     target = paths.data(cfg.data.dir)
-    md5 = commit(staged.dir(paths), target, paths.root)
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.work / "data.lock")):  # two runs started together on one project take turns
+        md5 = commit(staged.dir(paths), target, paths.root)
     tracking.set_tags(parent_run, {"data_hash": md5})
     tracking.log_file(parent_run, target.with_name(f"{target.name}.dvc"), "data")
     log.info("Data version %s recorded in %s.dvc", md5, target.name)

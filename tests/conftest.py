@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from frugal.config import RunConfig, load_config  # noqa: E402
 from frugal.paths import ProjectPaths  # noqa: E402
 from tasks import tracking  # noqa: E402
-from tasks.common import Splits, Variant  # noqa: E402
+from tasks.common import DataRef, ModelRef  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,19 +59,52 @@ def parent_run(store: ProjectPaths, smoke_cfg: RunConfig) -> Iterator[str]:
         yield run_id
 
 
+@dataclass(frozen=True)
+class LocalSplits:
+    """Prepared splits in a folder, plus the data reference stages take."""
+
+    dir: Path
+    rows: dict[str, int]
+    ref: DataRef
+
+    def path(self, split: str) -> Path:
+        return self.dir / f"{split}.parquet"
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model a stage made: its reference and the local folder the store resolves it to."""
+
+    ref: ModelRef
+    model_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.ref.run_id
+
+
 @pytest.fixture(scope="session")
-def smoke_splits(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig) -> Splits:
+def smoke_splits(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig, store: ProjectPaths) -> LocalSplits:
+    """The smoke splits, logged as the data version a pipeline run would log."""
     from tasks.data import clean, load_source, split, write_splits
 
+    folder = tmp_path_factory.mktemp("splits")
     frame, _ = clean(load_source(smoke_cfg.data, Path.cwd()), smoke_cfg.data)
-    return write_splits(split(frame, smoke_cfg.data, smoke_cfg.seed), tmp_path_factory.mktemp("splits"))
+    rows = write_splits(split(frame, smoke_cfg.data, smoke_cfg.seed), folder)
+    tracking.client(smoke_cfg, store)
+    with tracking.parent_run(smoke_cfg, store, run_name="splits-fixture") as run_id:
+        tracking.log_dir(run_id, folder, "data/splits")
+    return LocalSplits(folder, rows, DataRef(md5=f"fixture-{run_id}", uri=f"runs:/{run_id}/data/splits", rows=rows))
 
 
 @pytest.fixture(scope="session")
-def baseline(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths) -> Variant:
+def baseline(smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPaths) -> Built:
     """The smoke baseline, fine-tuned once for every test that needs a model."""
+    from tasks import store as model_store
     from tasks.finetune import finetune
 
     tracking.client(smoke_cfg, store)
-    with tracking.parent_run(smoke_cfg, store, run_name="baseline-fixture") as run_id:
-        return finetune.fn(smoke_splits, smoke_cfg, store, run_id)
+    cfg = smoke_cfg
+    with tracking.parent_run(cfg, store, run_name="baseline-fixture") as run_id:
+        ref = finetune.fn(smoke_splits.ref, cfg.model, cfg.finetune, cfg.data.labels, cfg.seed, store, run_id)
+    return Built(ref, model_store.model_dir(ref, store))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
+from conftest import LocalSplits as Splits
 
 from frugal.config import RunConfig
-from tasks.common import Splits
 
 # The metric names DESIGN.md fixes for every variant.
 QUALITY = {"accuracy", "macro_f1", "f1_negative", "f1_neutral", "f1_positive"}

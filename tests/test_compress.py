@@ -1,22 +1,26 @@
+"""The compress stage: a step per cached task, chains, failures and skips recorded without stopping other variants."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from conftest import Built, LocalSplits
 from helpers import sample_texts
 
 from frugal.config import RunConfig, StepConfig
 from frugal.modelio import Manifest, model_size_mb
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks.common import Splits, Variant
+from tasks import store as model_store
+from tasks.common import Variant
 from tasks.compress import REGISTRY, get_method
-from tasks.compression import build_variant
+from tasks.compression import StepSettings, build_variant, compress_step
 from tasks.tracking import mlflow_client
 
 
-def variant(name: str, steps: list[dict], baseline: Variant, splits: Splits, cfg: RunConfig, store: ProjectPaths, run: str) -> Variant:
-    return build_variant(name, [StepConfig(**s) for s in steps], baseline, splits, cfg, store, run)
+def variant(name: str, steps: list[dict], baseline: Built, splits: LocalSplits, cfg: RunConfig, store: ProjectPaths, run: str) -> Variant:
+    return build_variant(name, [StepConfig(**s) for s in steps], baseline.ref, splits.ref, cfg, store, run, run_step=compress_step.fn)
 
 
 def test_methods_are_discovered_by_name() -> None:
@@ -25,7 +29,7 @@ def test_methods_are_discovered_by_name() -> None:
 
 
 def test_dynamic_int8_reloads_and_agrees_with_the_model_before_saving(
-    baseline: Variant, smoke_splits: Splits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
 ) -> None:
     import torch
 
@@ -33,31 +37,53 @@ def test_dynamic_int8_reloads_and_agrees_with_the_model_before_saving(
     from frugal.runtime import Tokenize
 
     result = variant("int8", [{"method": "dynamic_int8"}], baseline, smoke_splits, smoke_cfg, store, parent_run)
-    assert result.status == "ok" and Manifest.load(result.model_dir).format == "torch-int8"
+    model_dir = model_store.model_dir(result.model, store)
+    assert result.status == "ok" and Manifest.load(model_dir).format == "torch-int8"
     texts = sample_texts(smoke_splits)
     in_memory = quantize_dynamic_int8(load_torch(baseline.model_dir))
     batch = {k: torch.from_numpy(v) for k, v in Tokenize(baseline.model_dir, 64)(texts).items()}
     with torch.inference_mode():
         before = in_memory(**batch).logits.argmax(1).tolist()
-    after = load_predictor(result.model_dir).predict_proba(texts).argmax(1).tolist()
+    after = load_predictor(model_dir).predict_proba(texts).argmax(1).tolist()
     assert before == after
-    assert model_size_mb(result.model_dir) < model_size_mb(baseline.model_dir)
+    assert model_size_mb(model_dir) < model_size_mb(baseline.model_dir)
+
+
+def test_a_step_logs_its_model_once_on_a_step_run(
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+) -> None:
+    step = StepConfig(method="dynamic_int8")
+    ref = compress_step.fn(baseline.ref, step, smoke_splits.ref, StepSettings.of(smoke_cfg), store, parent_run)
+    run = mlflow_client().get_run(ref.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "step" and run.data.tags["source_run"] == baseline.run_id
+    # The model lives in the artifact store only: nothing of it is left in the project's scratch space.
+    assert model_store.model_dir(ref, store).is_relative_to(store.mlflow_artifacts)
+    assert not (store.work / "models").exists()
 
 
 def test_a_failing_method_is_recorded_and_does_not_raise(
-    baseline: Variant, smoke_splits: Splits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
 ) -> None:
     # dynamic_int8 refuses a model that is already int8: a real failure, not a mock.
-    result = variant(
-        "twice", [{"method": "dynamic_int8"}, {"method": "dynamic_int8"}], baseline, smoke_splits, smoke_cfg, store, parent_run
-    )
+    steps = [{"method": "dynamic_int8"}, {"method": "dynamic_int8"}]
+    result = variant("twice", steps, baseline, smoke_splits, smoke_cfg, store, parent_run)
     assert result.status == "failed" and "needs a PyTorch (hf) model" in result.reason
-    run = mlflow_client().get_run(result.run_id)
-    assert run.info.status == "FAILED" and "needs a PyTorch (hf) model" in run.data.tags["error"]
-    assert any(a.path == "error.txt" for a in mlflow_client().list_artifacts(result.run_id))
+    failed = mlflow_client().search_runs(
+        [mlflow_client().get_run(parent_run).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run}' and attributes.status = 'FAILED'",
+    )
+    assert failed and "needs a PyTorch (hf) model" in failed[0].data.tags["error"]
+    assert any(a.path == "error.txt" for a in mlflow_client().list_artifacts(failed[0].info.run_id))
 
 
-def test_model_folder_size_excludes_the_tokenizer(baseline: Variant) -> None:
+def test_a_method_the_hardware_cannot_run_is_skipped_before_any_run(
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+) -> None:
+    result = variant("fp16", [{"method": "half", "dtype": "float16"}], baseline, smoke_splits, smoke_cfg, store, parent_run)
+    assert result.status == "skipped" and "float16" in result.reason and result.model is None
+
+
+def test_model_folder_size_excludes_the_tokenizer(baseline: Built) -> None:
     tokenizer_mb = sum(p.stat().st_size for p in Path(baseline.model_dir, "tokenizer").rglob("*") if p.is_file()) / 1e6
     total_mb = sum(p.stat().st_size for p in Path(baseline.model_dir).rglob("*") if p.is_file()) / 1e6
     assert model_size_mb(baseline.model_dir) == pytest.approx(total_mb - tokenizer_mb)

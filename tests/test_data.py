@@ -115,8 +115,8 @@ def test_prepare_stages_splits_and_logs_the_cleaning_report(smoke_cfg: RunConfig
     from tasks.tracking import mlflow_client
 
     staged = prepare.fn(smoke_cfg, store, parent_run)
-    assert all(staged.path(s).is_file() for s in ("train", "val", "test"))
-    assert staged.dir.is_relative_to(store.work)  # not the data folder: that changes only after validation
+    assert all((staged.dir(store) / f"{s}.parquet").is_file() for s in ("train", "val", "test"))
+    assert staged.dir(store).is_relative_to(store.work)  # not the data folder: that changes only after validation
     run = mlflow_client().get_run(parent_run)
     assert run.data.metrics["rows_clean"] == 600
     assert run.data.metrics["rows_test"] == staged.rows["test"]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import Built, LocalSplits
 from helpers import COST, QUALITY
 
 from frugal.config import RunConfig
-from tasks.common import Splits, Variant
+from frugal.paths import ProjectPaths
+from tasks.common import Scores, Variant
 from tasks.evaluate import evaluate, quality, usd_per_1m
 from tasks.tracking import mlflow_client
 
@@ -20,17 +22,30 @@ def test_quality_metrics() -> None:
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
 
 
-def test_evaluate_logs_every_metric_name(baseline: Variant, smoke_splits: Splits, smoke_cfg: RunConfig) -> None:
-    scores = evaluate.fn(baseline, smoke_splits, smoke_cfg)
+def test_evaluate_logs_every_metric_name(
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+) -> None:
+    from tasks.evaluate import measure_model
+
+    variant = Variant(name="baseline", model=baseline.ref, steps=(baseline.run_id,))
+    scores = evaluate.fn(variant, None, smoke_splits.ref, smoke_cfg, store, parent_run, measure=measure_model.fn)
     assert QUALITY | COST <= set(scores.metrics)
-    run = mlflow_client().get_run(baseline.run_id)
+    run = mlflow_client().get_run(scores.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "variant" and run.data.tags["model_uri"] == baseline.ref.uri
     assert QUALITY | COST <= set(run.data.metrics)
     assert run.data.params["eval_threads"] == str(smoke_cfg.evaluate.threads)
     assert run.data.params["hardware_profile"] == smoke_cfg.evaluate.instance
     assert scores.metrics["latency_p95_ms"] >= scores.metrics["latency_p50_ms"] > 0
     assert 100 < scores.metrics["peak_rss_mb"] < 4000  # a fresh process per variant, not the test runner's
-    assert any(a.path == "confusion_matrix.png" for a in mlflow_client().list_artifacts(baseline.run_id))
+    assert any(a.path == "confusion_matrix.png" for a in mlflow_client().list_artifacts(scores.run_id))
 
 
-def test_skipped_variant_is_not_measured(smoke_splits: Splits, smoke_cfg: RunConfig) -> None:
-    assert evaluate.fn(Variant("x", "r", None, status="skipped", reason="no GPU"), smoke_splits, smoke_cfg) is None
+def test_skipped_variant_is_recorded_not_measured(
+    baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
+) -> None:
+    skipped = Variant(name="x", model=None, status="skipped", reason="no GPU")
+    base = Scores(variant="baseline", run_id="r", metrics={"macro_f1": 1.0, "usd_per_1m": 1.0, "throughput_per_s": 1.0})
+    assert evaluate.fn(skipped, base, smoke_splits.ref, smoke_cfg, store, parent_run) is None
+    experiment = mlflow_client().get_run(parent_run).info.experiment_id
+    (run,) = mlflow_client().search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run}' and tags.variant = 'x'")
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "skipped" and run.data.tags["skip_reason"] == "no GPU"

@@ -30,9 +30,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_run(prefect_server: None, project: Path):
-    from flows.pipeline import pipeline
+    from flows.pipeline import run
 
-    return pipeline(config="smoke", project_dir=str(project))
+    return run(config="smoke", project_dir=str(project))
 
 
 def client(project: Path):
@@ -52,15 +52,17 @@ def test_smoke_pipeline_end_to_end(smoke_run, project: Path, tmp_path: Path) -> 
     data_dvc = yaml.safe_load((project / "data.dvc").read_text())
     assert data_dvc["outs"][0]["md5"] == parent.data.tags["data_hash"] == smoke_run.data_hash
 
-    children = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke_run.run_id}'")
+    children = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke_run.run_id}' and tags.kind = 'variant'")
     variants = {r.data.tags["variant"]: r for r in children}
+    assert all(r.info.status == "FINISHED" for r in children)
     assert set(variants) == {"baseline", "int8-dynamic", "onnx-int8", "prune", "distill-onnx-int8", "fp16"}
     assert variants["fp16"].data.tags["status"] == "skipped" and "float16" in variants["fp16"].data.tags["skip_reason"]
     for name, run in variants.items():
         if name != "fp16":
             assert METRICS <= set(run.data.metrics), f"{name} misses {METRICS - set(run.data.metrics)}"
-    chain = variants["distill-onnx-int8"]
-    assert chain.data.tags["parents"].startswith(variants["baseline"].info.run_id + ",")
+    chain = variants["distill-onnx-int8"].data.tags["steps"].split(",")
+    assert chain[0] == variants["baseline"].data.tags["steps"] and len(chain) == 3
+    assert variants["distill-onnx-int8"].data.tags["model_uri"] == f"runs:/{chain[-1]}/model"
     assert "| fp16 | skipped: " in Path(mlc.download_artifacts(smoke_run.run_id, "comparison.md", str(tmp_path))).read_text()
     artifacts = {a.path for a in mlc.list_artifacts(smoke_run.run_id)}
     assert {"comparison.md", "pareto_frontier.png", "bundle", "validation", "data"} <= artifacts
@@ -79,13 +81,14 @@ def test_served_champion_predicts(smoke_run, project: Path) -> None:
 
 
 def test_a_failing_method_does_not_stop_the_other_variants(smoke_run, project: Path) -> None:
-    from flows.pipeline import pipeline
+    from flows.pipeline import run
 
     # dynamic_int8 on an already-int8 model raises: a real failure inside the method.
     variants = "{int8: {method: dynamic_int8}, broken: [{method: dynamic_int8}, {method: dynamic_int8}], sparse: {method: sparsity}}"
-    result = pipeline(config="smoke", overrides=[f"compress.variants={variants}"], project_dir=str(project))
+    result = run(config="smoke", overrides=[f"compress.variants={variants}"], project_dir=str(project))
     mlc = client(project)
-    children = mlc.search_runs([mlc.get_run(result.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    query = f"tags.mlflow.parentRunId = '{result.run_id}' and tags.kind = 'variant'"
+    children = mlc.search_runs([mlc.get_run(result.run_id).info.experiment_id], query)
     runs = {r.data.tags["variant"]: r for r in children}
     assert runs["broken"].info.status == "FAILED" and "needs a PyTorch (hf) model" in runs["broken"].data.tags["error"]
     assert runs["int8"].info.status == runs["sparse"].info.status == "FINISHED"
@@ -111,7 +114,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_fails_cleanly_and_leaves_no_trace(case: str, smoke_run, project: Path, tmp_path: Path) -> None:
-    from flows.pipeline import pipeline
+    from flows.pipeline import run
 
     (tmp_path / "empty.csv").write_text("")
     write_csv(tmp_path / "nolabel.csv", {"text": ["a", "b"]})
@@ -124,7 +127,7 @@ def test_bad_input_fails_cleanly_and_leaves_no_trace(case: str, smoke_run, proje
     data_dvc_before = (project / "data.dvc").read_text()
 
     with pytest.raises(error, match=message) as err:
-        pipeline(config="smoke", overrides=[o.format(tmp=tmp_path) for o in overrides], project_dir=str(project))
+        run(config="smoke", overrides=[o.format(tmp=tmp_path) for o in overrides], project_dir=str(project))
     assert err.value.fix  # every user error says how to fix it
 
     experiment = mlc.get_experiment_by_name("smoke")

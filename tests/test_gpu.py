@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Built as Variant
+from conftest import LocalSplits as Splits
 from helpers import sample_texts, shrink
 
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks.common import Splits, Variant
 from tasks.compress import get_method
-from tasks.compression import context
+from tasks.compression import StepSettings, context
 
 pytestmark = pytest.mark.gpu
 
@@ -23,8 +24,8 @@ def test_finetune_trains_on_cuda_with_bf16_autocast(smoke_cfg: RunConfig, smoke_
 
     cfg = shrink(smoke_cfg, finetune={"device": "cuda"})
     with tracking.parent_run(cfg, store, run_name="gpu-finetune") as run_id:
-        variant = finetune.fn(smoke_splits, cfg, store, run_id)
-    assert tracking.mlflow_client().get_run(variant.run_id).data.params["train_device"] == "cuda"
+        ref = finetune.fn(smoke_splits.ref, cfg.model, cfg.finetune, cfg.data.labels, cfg.seed, store, run_id)
+    assert tracking.mlflow_client().get_run(ref.run_id).data.params["train_device"] == "cuda"
 
 
 @pytest.mark.parametrize(("method", "options"), [("half", {"dtype": "float16"}), ("half", {"dtype": "bfloat16"}), ("nf4", {})])
@@ -33,7 +34,7 @@ def test_gpu_methods_serve_on_cuda(
 ) -> None:
     if method == "nf4":
         pytest.importorskip("bitsandbytes")
-    ctx = context(shrink(smoke_cfg, evaluate={"device": "cuda"}), smoke_splits, store)
+    ctx = context(StepSettings.of(shrink(smoke_cfg, evaluate={"device": "cuda"})), smoke_splits.dir, store)
     get_method(method).from_config(options).apply(baseline.model_dir, tmp_path / method, ctx)
     texts = sample_texts(smoke_splits)
     quantized = load_predictor(tmp_path / method, device="cuda").predict(texts)

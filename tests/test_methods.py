@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Built as Variant
+from conftest import LocalSplits as Splits
 from helpers import sample_texts
 
 from frugal.config import RunConfig, StepConfig
@@ -13,9 +15,9 @@ from frugal.errors import SkipVariant
 from frugal.modelio import Manifest, count_params, load_torch, model_size_mb
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize, load_predictor
-from tasks.common import Splits, Variant
+from tasks import store as model_store
 from tasks.compress import TorchMethod, get_method
-from tasks.compression import build_variant, context
+from tasks.compression import StepSettings, build_variant, compress_step, context
 from tasks.tracking import mlflow_client
 from tasks.training import predict_logits
 
@@ -35,7 +37,7 @@ INT8_MIN_AGREEMENT = 0.9
 
 @pytest.fixture
 def ctx(smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths):
-    return context(smoke_cfg, smoke_splits, store)
+    return context(StepSettings.of(smoke_cfg), smoke_splits.dir, store)
 
 
 @pytest.mark.parametrize("name", list(TORCH_METHODS))
@@ -113,13 +115,12 @@ def test_methods_the_cpu_cannot_run_are_skipped_with_a_reason(
     store: ProjectPaths,
     parent_run: str,
 ) -> None:
-    result = build_variant("v", [StepConfig(method=method, **options)], baseline, smoke_splits, smoke_cfg, store, parent_run)
+    step = StepConfig(method=method, **options)
+    result = build_variant("v", [step], baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "skipped" and reason in result.reason
-    run = mlflow_client().get_run(result.run_id)
-    assert run.data.tags["status"] == "skipped" and reason in run.data.tags["skip_reason"]
 
 
-def test_a_chain_records_its_parents_and_each_intermediate(
+def test_a_chain_logs_each_step_and_its_lineage(
     baseline: Variant, smoke_splits: Splits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
 ) -> None:
     steps = [
@@ -127,23 +128,16 @@ def test_a_chain_records_its_parents_and_each_intermediate(
         StepConfig(method="prune", recovery_epochs=0),
         StepConfig(method="onnx_int8"),
     ]
-    result = build_variant("chain", steps, baseline, smoke_splits, smoke_cfg, store, parent_run)
+    result = build_variant("chain", steps, baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "ok", result.reason
     mlc = mlflow_client()
-    run = mlc.get_run(result.run_id)
-    parents = run.data.tags["parents"].split(",")
-    assert parents[0] == baseline.run_id and len(parents) == 3
-    intermediates = [mlc.get_run(p) for p in parents[1:]]
-    assert [r.data.tags["mlflow.parentRunId"] for r in intermediates] == [result.run_id] * 2
-    assert [r.data.params["method"] for r in intermediates] == ["distill", "prune"]
-    assert all(any(a.path == "model" for a in mlc.list_artifacts(r.info.run_id)) for r in intermediates)
-    assert Manifest.load(result.model_dir).lineage == ["distill-1L", "prune", "onnx_export", "onnx_int8-dynamic"]
-
-    again = build_variant("chain-2", [*steps[:2], StepConfig(method="dynamic_int8")], baseline, smoke_splits, smoke_cfg, store, parent_run)
-    assert again.parents == result.parents  # the shared prefix was reused, not recomputed
-    same = build_variant("chain-3", steps, baseline, smoke_splits, smoke_cfg, store, parent_run)
-    assert same.model_dir == result.model_dir  # a variant identical to an earlier one reuses its model
-    assert mlc.get_run(same.run_id).data.tags["reused_from"] == result.run_id
+    assert result.steps[0] == baseline.run_id and len(result.steps) == 4
+    step_runs = [mlc.get_run(r) for r in result.steps[1:]]
+    assert [r.data.params["method"] for r in step_runs] == ["distill", "prune", "onnx_int8"]
+    assert [r.data.tags["source_run"] for r in step_runs] == list(result.steps[:-1])
+    assert all(any(a.path == "model" for a in mlc.list_artifacts(r.info.run_id)) for r in step_runs)
+    lineage = Manifest.load(model_store.model_dir(result.model, store)).lineage
+    assert lineage == ["distill-1L", "prune", "onnx_export", "onnx_int8-dynamic"]
 
 
 def test_transfer_rows_hide_their_labels_and_still_teach(
@@ -153,7 +147,7 @@ def test_transfer_rows_hide_their_labels_and_still_teach(
 
     from tasks.compress._common import labelled_train, with_transfer_rows
 
-    ctx = context(shrink(smoke_cfg, finetune={"max_rows": 200}), smoke_splits, store)
+    ctx = context(StepSettings.of(shrink(smoke_cfg, finetune={"max_rows": 200})), smoke_splits.dir, store)
     labelled = labelled_train(ctx)
     mixed = with_transfer_rows(labelled, ctx, 100)
     assert len(labelled) == 200 and len(mixed) == 300

@@ -5,12 +5,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import Built as Variant
+from conftest import LocalSplits as Splits
 from helpers import shrink
 
 from frugal.config import RunConfig
 from frugal.modelio import Manifest, count_params, load_torch
 from frugal.runtime import Tokenize
-from tasks.common import Splits, Variant
 from tasks.modeling import load_pretrained
 from tasks.tracking import mlflow_client
 from tasks.training import _epoch_batches, train
@@ -19,7 +20,7 @@ from tasks.training import _epoch_batches, train
 def test_finetune_logs_the_baseline_run(baseline: Variant, smoke_cfg: RunConfig) -> None:
     run = mlflow_client().get_run(baseline.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["variant"] == "baseline"
+    assert run.data.tags["kind"] == "step" and run.data.tags["step"] == "finetune"
     assert {"best_val_macro_f1", "train_seconds", "train_usd", "val_macro_f1"} <= set(run.data.metrics)
     assert Manifest.load(baseline.model_dir).format == "hf"
     assert any(a.path == "model" for a in mlflow_client().list_artifacts(baseline.run_id))
@@ -79,7 +80,6 @@ def test_a_crashed_run_resumes_from_its_checkpoint(tmp_path: Path, smoke_cfg: Ru
     model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
     result = train(model, tokenize, train_df, val_df, smoke_cfg.data.labels, cfg, 0, ckpt, "key-1", loss_fn=count)
     assert len(resumed) == result.steps - 10  # picked up after the checkpoint at step 10
-    assert not ckpt.exists()  # a finished run cleans up
 
 
 def test_a_checkpoint_of_another_config_is_ignored(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
