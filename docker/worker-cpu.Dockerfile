@@ -24,7 +24,8 @@ COPY certs/ /usr/local/share/ca-certificates/
 RUN update-ca-certificates >/dev/null
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv /opt/venv
+# pip from PyPI, not Debian's 23.0: builds sdists (antlr4-python3-runtime) the PEP 517 way.
+RUN python3 -m venv /opt/venv && pip install -q pip==26.3
 
 # torch first (README: otherwise pip picks a CUDA build), from a local wheel when one was given.
 COPY project/requirements/lock.txt /opt/frugal/requirements/lock.txt
@@ -33,29 +34,42 @@ RUN set -e; wheel=$(ls /tmp/wheels/torch-${TORCH_VERSION}[+-]*.whl 2>/dev/null |
     if [ -n "$wheel" ]; then pip install -q -c /opt/frugal/requirements/lock.txt "$wheel"; \
     else pip install -q -c /opt/frugal/requirements/lock.txt --extra-index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; fi
 
-# Dependencies next, from the project metadata alone: editing the code does not redo this layer.
-# (A missing extra is only a pip warning, which is what lets EXTRAS name `team` before it exists.)
-COPY project/pyproject.toml project/README.md /opt/frugal/
-RUN cd /opt/frugal && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" $TEAM_PACKAGES
-# Then the code, installed editable: frugal finds configs/ next to its package (frugal/paths.py).
-COPY project/ /opt/frugal/
-RUN cd /opt/frugal && pip install -q --no-deps -c requirements/lock.txt -e ".[${EXTRAS}]" && pip check
+# Then the dependencies, from pyproject.toml alone (README.md, which its metadata names, as an
+# empty stand-in): editing the code or the README does not redo this layer. The project itself
+# is uninstalled again, so the venv copied below holds dependencies only and stays the same
+# layer until they change. (A missing extra is only a pip warning, which is what lets EXTRAS
+# name `team` before pyproject.toml defines it.)
+COPY project/pyproject.toml /opt/frugal/
+RUN cd /opt/frugal && touch README.md \
+ && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" $TEAM_PACKAGES \
+ && pip uninstall -q -y frugal
 
-# The runtime image: the venv and the project without the wheels and build layers above.
+# The runtime image: the venv without the wheels and build layers above, then the code.
 FROM ${BASE}
+ARG EXTRAS=team
 COPY certs/ /usr/local/share/ca-certificates/
 RUN update-ca-certificates >/dev/null \
  && useradd --create-home --uid 1000 --shell /bin/bash frugal \
  && install -d -o frugal -g frugal /var/lib/frugal
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt PATH=/opt/venv/bin:$PATH
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/frugal /opt/frugal
+# The code, installed editable: frugal finds configs/ next to its package (frugal/paths.py).
+# A code change rebuilds only these two small layers.
+COPY project/ /opt/frugal/
+RUN cd /opt/frugal && pip install -q --no-deps -e ".[${EXTRAS}]" && pip check
 # FRUGAL_PROJECT_DIR: where flow runs keep data/, checkpoints and caches (a volume in compose);
 # the source under /opt/frugal stays read-only to the worker user.
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
+ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
     FRUGAL_POOL=frugal-cpu PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \
     TOKENIZERS_PARALLELISM=false
+# The image carries no .git: the commit it was built from rides along for MLflow's git_commit
+# and git_dirty tags (last, so a new commit only rebuilds these metadata layers).
+ARG GIT_COMMIT=unknown
+ARG GIT_DIRTY=true
+LABEL org.opencontainers.image.revision=$GIT_COMMIT
+ENV FRUGAL_GIT_COMMIT=$GIT_COMMIT FRUGAL_GIT_DIRTY=$GIT_DIRTY
 USER frugal
 WORKDIR /opt/frugal
-# `frugal worker --pool` (wrapping `prefect worker start --type process`) where this checkout
-# has it; until then the same Prefect command directly. A worker creates its pool if missing.
-CMD ["sh", "-c", "if frugal worker --help >/dev/null 2>&1; then exec frugal worker --pool \"$FRUGAL_POOL\"; else exec prefect worker start --pool \"$FRUGAL_POOL\" --type process; fi"]
+# docker/worker-start.sh: `frugal worker --pool "$FRUGAL_POOL"`, or `prefect worker start` before it exists.
+CMD ["sh", "/opt/frugal/docker/worker-start.sh"]

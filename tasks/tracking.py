@@ -51,14 +51,14 @@ def _client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     global _uri_we_set
-    _create_schema_once(uri)
+    ensure_schema(uri)
     mlflow.set_tracking_uri(uri)
     _uri_we_set = uri
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
 
 
-def _create_schema_once(uri: str) -> None:
+def ensure_schema(uri: str) -> None:
     """Create a new SQLite store's tables under a file lock.
 
     MLflow creates its schema on first use; two processes doing that at once on a fresh

@@ -38,10 +38,12 @@ class TrainResult:
     device: str
     trainable_params: int  # what the optimizer updated: frozen embeddings and LoRA's frozen base are left out
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_step: int = 0  # > 0: this run continued a killed one from its checkpoint
 
     def record(self, total_params: int) -> tuple[dict[str, Any], dict[str, float]]:
         """Params and metrics every training step logs alike (fine-tuning, LoRA, distillation, pruning recovery)."""
-        params = {"train_device": self.device, "train_steps": self.steps, "trainable_params": self.trainable_params}
+        params = {"train_device": self.device, "train_steps": self.steps, "trainable_params": self.trainable_params,
+                  "resumed_from_step": self.resumed_from_step}  # fmt: skip
         return params, {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
 
 
@@ -120,6 +122,7 @@ def train(
     state = _State(best_f1=-1.0, step=0, history=[], best=None)
     if checkpoint_dir is not None:
         state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler) or state
+    resumed_from = state.step
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
@@ -151,7 +154,7 @@ def train(
         model.load_state_dict(state.best)
     model.eval()  # the checkpoint stays until the caller has stored the model (see tasks/finetune.py)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
-    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, trainable, state.history)
+    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, trainable, state.history, resumed_from)
 
 
 @dataclass
