@@ -16,10 +16,6 @@ ARG TORCH_VERSION=2.13.0
 # PyPI wheel would pull several GB of CUDA libraries into a CPU image).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG EXTRAS=team
-# What the `team` extra holds (S3 for MLflow artifacts and Prefect results, PostgreSQL for the
-# MLflow server), pinned to versions that resolve with requirements/lock.txt. Listed here too
-# so the image builds before the extra exists; once it does, the extra and these agree.
-ARG TEAM_PACKAGES="boto3==1.43.117 s3fs==2026.9.0 psycopg2-binary==2.9.13"
 COPY certs/ /usr/local/share/ca-certificates/
 RUN update-ca-certificates >/dev/null
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
@@ -37,11 +33,10 @@ RUN set -e; wheel=$(ls /tmp/wheels/torch-${TORCH_VERSION}[+-]*.whl 2>/dev/null |
 # Then the dependencies, from pyproject.toml alone (README.md, which its metadata names, as an
 # empty stand-in): editing the code or the README does not redo this layer. The project itself
 # is uninstalled again, so the venv copied below holds dependencies only and stays the same
-# layer until they change. (A missing extra is only a pip warning, which is what lets EXTRAS
-# name `team` before pyproject.toml defines it.)
+# layer until they change. The `team` extra adds the S3 and PostgreSQL clients the stack needs.
 COPY project/pyproject.toml /opt/frugal/
 RUN cd /opt/frugal && touch README.md \
- && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" $TEAM_PACKAGES \
+ && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" \
  && pip uninstall -q -y frugal
 
 # The runtime image: the venv without the wheels and build layers above, then the code.
@@ -63,8 +58,8 @@ RUN cd /opt/frugal && pip install -q --no-deps -e ".[${EXTRAS}]" && pip check
 ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
     FRUGAL_POOL=frugal-cpu PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \
     TOKENIZERS_PARALLELISM=false
-# The image carries no .git: the commit it was built from rides along for MLflow's git_commit
-# and git_dirty tags (last, so a new commit only rebuilds these metadata layers).
+# The image carries no .git: the commit it was built from, for whoever inspects the image or a
+# container (last, so a new commit only rebuilds these metadata layers).
 ARG GIT_COMMIT=unknown
 ARG GIT_DIRTY=true
 LABEL org.opencontainers.image.revision=$GIT_COMMIT

@@ -18,7 +18,6 @@ ARG TORCH_VERSION=2.13.0
 # Empty: PyPI's default (CUDA) build. A PyTorch index URL selects another CUDA version.
 ARG TORCH_INDEX_URL=
 ARG EXTRAS=team,gpu
-ARG TEAM_PACKAGES="boto3==1.43.117 s3fs==2026.9.0 psycopg2-binary==2.9.13"
 # Python from the distribution (Ubuntu 24.04: 3.12, Debian bookworm: 3.11; both supported).
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -36,7 +35,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then set -- --extra-index-url "$TORCH_INDEX_UR
 # Dependencies only (as in worker-cpu.Dockerfile), so code edits reuse this layer.
 COPY project/pyproject.toml /opt/frugal/
 RUN cd /opt/frugal && touch README.md \
- && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" $TEAM_PACKAGES \
+ && pip install -q -c requirements/lock.txt -e ".[${EXTRAS}]" \
  && pip uninstall -q -y frugal
 
 FROM ${BASE}
@@ -61,8 +60,8 @@ ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
     TOKENIZERS_PARALLELISM=false \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA=${CUDA_REQUIRE}
-# The image carries no .git: the commit it was built from rides along for MLflow's git_commit
-# and git_dirty tags (last, so a new commit only rebuilds these metadata layers).
+# The image carries no .git: the commit it was built from, for whoever inspects the image or a
+# container (last, so a new commit only rebuilds these metadata layers).
 ARG GIT_COMMIT=unknown
 ARG GIT_DIRTY=true
 LABEL org.opencontainers.image.revision=$GIT_COMMIT

@@ -1,13 +1,14 @@
 """The team stack (docker/): the compose file validates, the images build, the stack starts on
-loopback, and a flow run submitted to its CPU pool completes on the worker container, logging to
-MLflow (artifacts proxied into S3) and persisting its Prefect result in S3.
+loopback, a flow run submitted to its CPU pool completes on the worker container (MLflow run with
+its artifact proxied into S3, Prefect result persisted in S3), and the smoke pipeline runs in
+`workers` mode against the stack.
 
 Everything runs for real against the local Docker daemon (skipped without one, see conftest).
 The stack runs under its own compose project name on free loopback ports, so it neither clashes
 with a stack or server already running here nor touches its volumes; every container, volume and
-network it creates is removed in a finally block. Builds happen in a temporary folder (TMPDIR),
-never in the work tree. Images already built make this take about a minute; the first build of
-the worker image takes several minutes, and of the Debian base image (root only) one more.
+network it creates is removed when the module's tests are done. Builds happen in a temporary
+folder, never in the work tree. With the images built, the module takes a few minutes; the first
+build of the worker image several more, and of the Debian base image (root only) one more.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,20 +34,23 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 BASE_IMAGE = "frugal/debian-bookworm:local"
+GPU_BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"  # build-images.sh's default
 STACK = ["prefect-db", "prefect-server", "mlflow-db", "s3", "s3-init", "mlflow", "worker-cpu"]
+RESULT_STORAGE = yaml.safe_load((REPO / "configs" / "team.yaml").read_text())["result_storage"]
 
-# Runs inside the worker container with its environment (PREFECT_API_URL, MLFLOW_TRACKING_URI,
-# S3 credentials and endpoint, FRUGAL_RESULT_STORAGE, FRUGAL_POOL). It registers what
-# `frugal deploy` registers for result storage (a saved RemoteFileSystem block: Prefect 3.8 reads
-# a bare "s3://..." string as a block slug), deploys a one-task flow and waits for the run.
+# Runs inside the worker container with its environment (PREFECT_API_URL, MLFLOW_TRACKING_URI, S3
+# credentials and endpoint, FRUGAL_POOL). It saves the result storage the way the pipeline does
+# (a RemoteFileSystem block: Prefect 3.8 reads a bare "s3://..." string as a block slug), deploys a
+# one-task flow from a local folder, as `frugal deploy` does, and waits for its run.
 IN_WORKER = r'''
-import os, pathlib, time
+import os, pathlib, sys, time
 import mlflow, s3fs
 from prefect import flow
 from prefect.deployments import run_deployment
 from prefect.filesystems import RemoteFileSystem
 
-RemoteFileSystem(basepath=os.environ["FRUGAL_RESULT_STORAGE"]).save("frugal-results", overwrite=True)
+storage = sys.argv[1]
+RemoteFileSystem(basepath=storage).save("stack-check-results", overwrite=True)
 src = pathlib.Path("/tmp/stack-check")
 src.mkdir(exist_ok=True)
 (src / "check.py").write_text("""
@@ -55,7 +61,7 @@ from prefect import flow, task
 def square(x: int) -> int:
     return x * x
 
-@flow(result_storage="remote-file-system/frugal-results", persist_result=True)
+@flow(result_storage="remote-file-system/stack-check-results", persist_result=True)
 def check(x: int = 7) -> int:
     mlflow.set_experiment("stack-check")
     with mlflow.start_run(run_name="check"):
@@ -73,13 +79,17 @@ assert run.state.result() == 49
 assert mlflow.artifacts.load_text(found.info.artifact_uri + "/check.txt") == "written by the worker"
 fs = s3fs.S3FileSystem()
 assert fs.find("mlflow/artifacts"), "no MLflow artifact in the S3 bucket"
-assert fs.ls(os.environ["FRUGAL_RESULT_STORAGE"].removeprefix("s3://")), "no Prefect result in S3"
+assert fs.ls(storage.removeprefix("s3://")), "no Prefect result in S3"
 print(f"STACK-CHECK OK flow run {time.monotonic() - started:.1f} s")
 '''
 
 
 def _run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout[-4000:] + done.stderr[-6000:]
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +100,6 @@ def compose() -> list[str]:
     if shutil.which("docker-compose") and _run(["docker-compose", "version"], 30).returncode == 0:
         return ["docker-compose"]
     pytest.skip("needs Docker Compose (docker compose or docker-compose)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _published_ports(service: dict) -> list[tuple[str, str]]:
@@ -123,7 +127,18 @@ def test_compose_file_validates_and_publishes_on_loopback_only(compose: list[str
     gpu = services["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert gpu["environment"]["FRUGAL_POOL"] == "frugal-gpu"
+    # The pools the compose workers serve are the ones configs/team.yaml sends steps to.
+    team = yaml.safe_load((REPO / "configs" / "team.yaml").read_text())["workers"]
+    assert {gpu["environment"]["FRUGAL_POOL"], services["worker-cpu"]["environment"]["FRUGAL_POOL"]} == {
+        team["finetune"],
+        team["measure"],
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _wait_http(url: str, deadline: float) -> None:
@@ -162,55 +177,60 @@ def _remove_project(compose: list[str], project: str, env: dict[str, str]) -> No
             _run(["docker", *rm.split(), *ids], 120)
 
 
-def test_stack_runs_a_flow_on_the_cpu_worker(compose: list[str], tmp_path: Path) -> None:
-    if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode != 0:
+@dataclass
+class Stack:
+    compose: list[str]  # `docker compose -p <project> -f docker/compose.yaml`
+    env: dict[str, str]
+    prefect_api: str
+    mlflow: str
+
+    def __call__(self, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
+        return _run([*self.compose, *args], timeout, env=self.env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Builds the images (cached layers make a rebuild seconds), starts the stack on free loopback
+    ports, waits for both servers and the CPU worker's pool; removes it all afterwards."""
+    if _run(["docker", "image", "inspect", BASE_IMAGE], 60).returncode != 0:
         if os.geteuid() != 0 or not shutil.which("debootstrap"):
             pytest.skip(f"{BASE_IMAGE} is missing and building it needs root and debootstrap: run sudo docker/base-image.sh")
     before = _untracked()
     timings: dict[str, float] = {}
-
     t = time.monotonic()
-    built = _run([str(DOCKER_DIR / "build-images.sh")], 1800, env={**os.environ, "TMPDIR": str(tmp_path)})
+    built = _run([str(DOCKER_DIR / "build-images.sh")], 1800, env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("build"))})
     timings["build"] = time.monotonic() - t
-    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    assert built.returncode == 0, _tail(built)
 
     project = f"frugaltest{os.getpid()}"
     ports = {"FRUGAL_PREFECT_PORT": _free_port(), "FRUGAL_MLFLOW_PORT": _free_port(), "FRUGAL_S3_PORT": _free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
-    base = [*compose, "-p", project, "-f", str(COMPOSE_FILE)]
+    s = Stack(
+        [*compose, "-p", project, "-f", str(COMPOSE_FILE)],
+        env,
+        f"http://127.0.0.1:{ports['FRUGAL_PREFECT_PORT']}/api",
+        f"http://127.0.0.1:{ports['FRUGAL_MLFLOW_PORT']}",
+    )
     try:
         t = time.monotonic()
-        up = _run([*base, "up", "-d", "--no-build", *STACK], 420, env=env)
-        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+        up = s("up", "-d", "--no-build", *STACK, timeout=420)
+        assert up.returncode == 0, _tail(up)
         deadline = time.monotonic() + 180
-        prefect = f"http://127.0.0.1:{ports['FRUGAL_PREFECT_PORT']}/api"
-        mlflow = f"http://127.0.0.1:{ports['FRUGAL_MLFLOW_PORT']}"
-        _wait_http(f"{prefect}/health", deadline)
-        _wait_http(f"{mlflow}/health", deadline)
+        _wait_http(f"{s.prefect_api}/health", deadline)
+        _wait_http(f"{s.mlflow}/health", deadline)
         _wait_http(f"http://127.0.0.1:{ports['FRUGAL_S3_PORT']}/moto-api/", deadline)
         timings["up"] = time.monotonic() - t
-
-        # The worker registers its pool (creating it) once it is connected to the server.
+        # The worker creates its pool once it is connected to the server.
         pools: list[str] = []
         while time.monotonic() < deadline and "frugal-cpu" not in pools:
-            request = urllib.request.Request(f"{prefect}/work_pools/filter", data=b"{}", headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(f"{s.prefect_api}/work_pools/filter", data=b"{}", headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=10) as resp:
                 pools = [p["name"] for p in json.load(resp)]
             time.sleep(1)
         assert "frugal-cpu" in pools, f"work pools: {pools}"
-
-        t = time.monotonic()
-        worker = _run([*base, "ps", "-q", "worker-cpu"], 60, env=env).stdout.strip()
-        check = _run(["docker", "exec", "-i", worker, "python", "-"], 360, input=IN_WORKER)
-        timings["flow"] = time.monotonic() - t
-        assert "STACK-CHECK OK" in check.stdout, check.stdout[-4000:] + check.stderr[-6000:]
-
-        # The host reaches MLflow's API too (its Host header is allowed, not only /health's).
-        with urllib.request.urlopen(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stack-check", timeout=10) as resp:
-            assert json.load(resp)["experiment"]["name"] == "stack-check"
+        yield s
     except BaseException:
-        logs = _run([*base, "logs", "--no-color", "--tail", "40"], 120, env=env)
-        print(logs.stdout[-20000:])
+        print(s("logs", "--no-color", "--tail", "60", timeout=120).stdout[-20000:])
         raise
     finally:
         t = time.monotonic()
@@ -220,3 +240,48 @@ def test_stack_runs_a_flow_on_the_cpu_worker(compose: list[str], tmp_path: Path)
     leftovers = _run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], 60).stdout.split()
     assert not leftovers, f"containers left behind: {leftovers}"
     assert _untracked() <= before, "the test left files in the work tree"
+
+
+def test_stack_runs_a_flow_on_the_cpu_worker(stack: Stack) -> None:
+    worker = stack("ps", "-q", "worker-cpu").stdout.strip()
+    check = _run(["docker", "exec", "-i", worker, "python", "-", RESULT_STORAGE], 360, input=IN_WORKER)
+    assert "STACK-CHECK OK" in check.stdout, _tail(check)
+    # The host reaches MLflow's API too (its Host header is allowed, not only /health's).
+    with urllib.request.urlopen(f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stack-check", timeout=10) as resp:
+        assert json.load(resp)["experiment"]["name"] == "stack-check"
+
+
+@pytest.mark.skipif(not (REPO / "flows" / "deploy.py").exists(), reason="flows/deploy.py not present yet (frugal deploy / frugal worker)")
+def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
+    """`frugal deploy`, then the smoke pipeline in workers mode with every remote step on the CPU
+    pool, the parent flow in a one-off container of the worker image (so it addresses MLflow as the
+    workers do) with a project folder of its own (so no file reaches a worker but through the
+    stack)."""
+    cpu_only = ["-s", "workers.finetune=frugal-cpu", "-s", "workers.heavy_steps=frugal-cpu", "-s", "workers.measure=frugal-cpu"]
+    team = ["-c", "smoke", "-s", "execution=workers", "-s", f"result_storage={RESULT_STORAGE}", *cpu_only]
+    deployed = stack("run", "--rm", "--no-deps", "worker-cpu", "frugal", "deploy", *team, timeout=300)
+    assert deployed.returncode == 0, _tail(deployed)
+    ran = stack(
+        "run", "--rm", "--no-deps", "-e", "FRUGAL_PROJECT_DIR=/tmp/parent", "worker-cpu", "frugal", "run", *team, timeout=900
+    )  # fmt: skip
+    assert ran.returncode == 0, _tail(ran)
+    assert "Champion:" in ran.stdout, _tail(ran)
+    # The steps ran as flow runs of the stage deployments on the worker, and all completed.
+    request = urllib.request.Request(f"{stack.prefect_api}/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        runs = json.load(resp)
+    on_pool = [r for r in runs if r.get("work_pool_name") == "frugal-cpu"]
+    assert on_pool, "no flow run went to the frugal-cpu pool"
+    assert all(r["state_type"] == "COMPLETED" for r in on_pool), [(r["name"], r["state_type"]) for r in on_pool]
+
+
+def test_gpu_worker_image_builds(tmp_path: Path) -> None:
+    """The GPU image starts FROM a CUDA image on Docker Hub; it builds where that image is present."""
+    base = os.environ.get("FRUGAL_GPU_BASE", GPU_BASE_IMAGE)
+    if _run(["docker", "image", "inspect", base], 60).returncode != 0:
+        pytest.skip(f"the GPU worker's base image {base} is not present (docker pull it where Docker Hub is reachable)")
+    built = _run([str(DOCKER_DIR / "build-images.sh"), "worker-gpu"], 3600, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert built.returncode == 0, _tail(built)
+    probe = "import torch, frugal; print(torch.version.cuda)"
+    done = _run(["docker", "run", "--rm", "frugal/worker-gpu:local", "python", "-c", probe], 300)
+    assert done.returncode == 0 and done.stdout.strip() not in ("", "None"), _tail(done)
