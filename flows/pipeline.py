@@ -52,7 +52,7 @@ def pipeline(config: str = "default", overrides: list[str] | None = None, projec
         scores = [baseline] + [evaluate(v, baseline, data, cfg, paths, run_id, measure=on.measure) for v in variants[1:]]
         selection = select([s for s in scores if s is not None], variants, cfg, run_id)
         bundle = package(selection, variants, data, cfg, paths, run_id)
-        registration = register(bundle, selection, data, cfg, paths, run_id)
+        registration = register(bundle, selection, data, cfg, paths, run_id, measure=on.measure)
     return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)
 
 

@@ -171,6 +171,10 @@ class EvaluateConfig(Strict):
 
 class SelectConfig(Strict):
     tolerance: float = Field(ge=0, lt=1, description="Largest macro-F1 drop (absolute) from the baseline a champion may have.")
+    promote_min_saving: float = Field(
+        ge=0, lt=1, description="A challenger replaces a champion that still meets the quality bar only when it is at least "
+        "this share cheaper (re-measured in the same run): smaller cost differences are measurement noise.",
+    )  # fmt: skip
 
 
 class TrackingConfig(Strict):
@@ -183,10 +187,13 @@ class WorkersConfig(Strict):
     """Which Prefect work pool runs which step in `execution: workers` (null = in the parent flow)."""
 
     finetune: str | None = Field(description="Pool for fine-tuning (a GPU pool).")
-    heavy_steps: str | None = Field(description="Pool for compression steps that train or need a GPU (distill, prune, lora, nf4).")
+    heavy_steps: str | None = Field(description="Pool for compression steps that train or need a GPU (distill, prune, lora, nf4, half).")
     light_steps: str | None = Field(description="Pool for the other compression steps (quantization, export); null = parent flow.")
     measure: str | None = Field(description="Pool whose hardware matches evaluate.instance: where variants are measured.")
-    heartbeat_seconds: int = Field(gt=0, description="Workers send a heartbeat this often; 4 missed beats = the step crashed.")
+    pipeline: str = Field(description="Pool that runs the scheduled retraining flow (and so the light steps) after `frugal deploy`.")
+    heartbeat_seconds: int = Field(
+        ge=30, description="Flow runs on workers send a heartbeat this often (Prefect's minimum is 30); silence for 2.5 beats = the step crashed."
+    )
     timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
 
 

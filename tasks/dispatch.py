@@ -18,6 +18,7 @@ from typing import Any
 from frugal.config import RunConfig, StepConfig
 from frugal.paths import ProjectPaths
 from tasks import tracking
+from tasks.lifecycle import close_runs_of_flow_run
 
 log = logging.getLogger(__name__)
 STAGE_FLOWS = {"finetune": "frugal-finetune", "compress_step": "frugal-compress-step", "measure": "frugal-measure"}
@@ -25,6 +26,10 @@ STAGE_FLOWS = {"finetune": "frugal-finetune", "compress_step": "frugal-compress-
 
 class StepCrashed(RuntimeError):
     """A step's flow run on a worker ended without a result (its worker was killed, or it stopped sending heartbeats)."""
+
+    def __init__(self, message: str, flow_run_id: Any) -> None:
+        super().__init__(message)
+        self.flow_run_id = str(flow_run_id)
 
 
 def result_storage(config: str, overrides: list[str], project_dir: str | None) -> Any:
@@ -84,12 +89,25 @@ class Dispatch:
             return task(**kwargs)
         # The worker has its own project folder and caches; it is told which MLflow store and result storage to use.
         params = {k: v for k, v in kwargs.items() if k != "paths"}
-        params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.cfg.result_storage}
-        return run_remote(STAGE_FLOWS[stage], pool, params, self.cfg.workers.heartbeat_seconds, self.cfg.workers.timeout_seconds)
+        params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
+        workers = self.cfg.workers
+        try:
+            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, workers.heartbeat_seconds, workers.timeout_seconds)
+        except StepCrashed as crash:
+            if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
+                mlc = tracking.mlflow_client()
+                experiment = mlc.get_run(kwargs["parent_run"]).info.experiment_id
+                close_runs_of_flow_run(mlc, experiment, crash.flow_run_id, str(crash))
+            raise
+
+    def storage_location(self) -> str:
+        """The result storage as the worker must see it: a URL, or this project's folder as an absolute path."""
+        where = self.cfg.result_storage
+        return where if "://" in where else str(self.paths.root / where)
 
 
-def run_remote(flow_name: str, pool: str, params: dict[str, Any], heartbeat: int, timeout: int) -> Any:
-    """Start the stage's deployment on `pool`, wait for it, and return its persisted result."""
+def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any], heartbeat: int, timeout: int) -> Any:
+    """Start the stage's deployment on `pool`, wait for it, and return the result its task persisted."""
     from prefect import get_client
     from prefect.deployments import run_deployment
 
@@ -98,22 +116,36 @@ def run_remote(flow_name: str, pool: str, params: dict[str, Any], heartbeat: int
     deadline, started = time.monotonic() + timeout, None
     with get_client(sync_client=True) as client:
         while True:
-            flow_run = client.read_flow_run(flow_run.id)
-            state = flow_run.state
+            state = client.read_flow_run(flow_run.id).state
             if state is not None and state.is_final():
                 break
             if state is not None and state.is_running():
                 started = started or time.monotonic()
-                if _silent_for(client, flow_run.id, started) > 4 * heartbeat:
-                    _mark_crashed(client, flow_run.id, f"no heartbeat for {4 * heartbeat} s: its worker died")
-                    raise StepCrashed(f"{flow_name} on pool {pool} (flow run {flow_run.id}) stopped sending heartbeats: its worker died")
+                if _silent_for(client, flow_run.id, started) > 2.5 * heartbeat:
+                    why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {2.5 * heartbeat:.0f} s"
+                    _mark_crashed(client, flow_run.id, why + ": its worker died")
+                    raise StepCrashed(why + ": its worker died", flow_run.id)
             if time.monotonic() > deadline:
-                raise StepCrashed(f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={timeout}")
+                raise StepCrashed(f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={timeout}", flow_run.id)
             time.sleep(1)
-    if not state.is_completed():
-        state.result()  # raises the step's own error
-        raise StepCrashed(f"{flow_name} on pool {pool} ended {state.type.value}: {state.message}")
-    return state.result()
+        if not state.is_completed():
+            state.result()  # raises the step's own error
+            raise StepCrashed(f"{flow_name} on pool {pool} ended {state.type.value}: {state.message}", flow_run.id)
+        return _task_result(client, flow_run.id, task_name)
+
+
+def _task_result(client: Any, flow_run_id: Any, task_name: str) -> Any:
+    """The result of the stage task inside a finished stage flow run, read from the shared result storage.
+
+    (The flow's own result would sit in the worker's default storage, which another machine cannot read.)
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    done = [r for r in runs if r.name.rsplit("-", 1)[0] == task_name and r.state is not None and r.state.is_completed()]
+    if len(done) != 1:
+        raise StepCrashed(f"flow run {flow_run_id} finished without one completed {task_name} task run", flow_run_id)
+    return done[0].state.result()
 
 
 def _silent_for(client: Any, flow_run_id: Any, started: float) -> float:

@@ -126,3 +126,11 @@ def close_stale_runs(mlc: MlflowClient, experiment_id: str) -> list[str]:
         log.warning("Closed abandoned MLflow run %s (%s): %s", run.info.run_id, run.info.run_name, reason)
         closed.append(run.info.run_id)
     return closed
+
+
+def close_runs_of_flow_run(mlc: MlflowClient, experiment_id: str, flow_run_id: str, reason: str) -> list[str]:
+    """Close as FAILED the RUNNING runs a (crashed) Prefect flow run on another machine opened; return their ids."""
+    found = mlc.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{FLOW_RUN}` = '{flow_run_id}'")
+    for run in found:
+        _close(mlc, run.info.run_id, "FAILED", f"Abandoned: {reason}. Closed by frugal.", None)
+    return [run.info.run_id for run in found]

@@ -12,8 +12,9 @@ import importlib.metadata as md
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -22,7 +23,7 @@ from frugal.modelio import Manifest
 from frugal.paths import ROOT, ProjectPaths
 from tasks import store, tracking
 from tasks.common import DataRef, Ref, Variant, stage
-from tasks.evaluate import quality
+from tasks.evaluate import measure_model, quality
 from tasks.select import Selection
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Registration(Ref):
 
 class Incumbent(Ref):
     version: str
+    model_uri: str | None  # the variant model it was registered from
     macro_f1: float
     usd_per_1m: float
 
@@ -95,40 +97,48 @@ def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: R
     return Bundle(uri=f"runs:/{parent_run}/{BUNDLE}", variant=champion.name, model_uri=champion.model.uri, runtime=_RUNTIMES[fmt])
 
 
-def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> Incumbent | None:
+def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, measure: Callable[..., Any]) -> Incumbent | None:
     """The current champion, re-measured now, on this run's test split and hardware (its cost is never a stale tag)."""
     from mlflow.exceptions import MlflowException
-
-    from tasks.evaluate import measure_model
 
     try:
         version = tracking.mlflow_client().get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         return None
+    was = version.tags.get("model_uri")
     try:
-        measured = measure_model(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+        measured = measure(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
     except Exception as exc:  # a champion that no longer loads cannot defend its place
         log.warning("The current champion v%s could not be re-measured (%s); it will be replaced", version.version, exc)
-        return Incumbent(version=str(version.version), macro_f1=float("-inf"), usd_per_1m=float("inf"))
+        return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"))
     truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
     f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
-    return Incumbent(version=str(version.version), macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
+    return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
 
 
-def decide(current: Incumbent | None, challenger: dict[str, float], floor: float) -> tuple[bool, str]:
-    """The champion/challenger rule: keep the incumbent while it is within tolerance of this run's baseline and no more expensive."""
+def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, floor: float, min_saving: float) -> tuple[bool, str]:
+    """The champion/challenger rule (select.tolerance, select.promote_min_saving), on scores measured in this run.
+
+    A champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one
+    that meets it stays unless the challenger is at least `min_saving` cheaper.
+    """
     if current is None:
         return True, "no champion yet"
-    if current.macro_f1 >= floor and current.usd_per_1m <= challenger["usd_per_1m"]:
-        return False, (
-            f"kept v{current.version}: macro-F1 {current.macro_f1:.4f} on this test split is within tolerance and it costs "
-            f"${current.usd_per_1m:.4f}/1M <= ${challenger['usd_per_1m']:.4f}/1M (re-measured in this run)"
-        )
-    return True, f"challenger beats v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M re-measured)"
+    if current.model_uri == model_uri:
+        return False, f"kept v{current.version}: it is already this model"
+    seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run)"
+    if current.macro_f1 < floor:
+        return True, f"challenger replaces {seen}: below this run's quality bar {floor:.4f}"
+    if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - min_saving):
+        return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {min_saving:.0%} cheaper than {seen}"
+    return False, f"kept {seen}: meets the quality bar {floor:.4f} and the challenger is not {min_saving:.0%} cheaper"
 
 
 @stage(name="register")
-def register(bundle: Bundle, selection: Selection, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Registration:
+def register(
+    bundle: Bundle, selection: Selection, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str,
+    measure: Callable[..., Any] | None = None,
+) -> Registration:  # fmt: skip
     """Register the bundle and move `champion` to it, unless the current champion is still as good and cheaper.
 
     The decision and the promotion happen under one lock (a Prefect global concurrency limit,
@@ -138,8 +148,9 @@ def register(bundle: Bundle, selection: Selection, data: DataRef, cfg: RunConfig
 
     name, new = cfg.registered_model_name, selection.champion.metrics
     with promotion_lock(name, paths):
-        current = incumbent(name, data, cfg, paths)
-        promote, why = decide(current, new, selection.baseline.metrics["macro_f1"] - cfg.select.tolerance)
+        current = incumbent(name, data, cfg, paths, measure or measure_model)
+        floor = selection.baseline.metrics["macro_f1"] - cfg.select.tolerance
+        promote, why = decide(current, new, bundle.model_uri, floor, cfg.select.promote_min_saving)
         scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
         if current is not None:
             scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}

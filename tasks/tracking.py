@@ -43,10 +43,10 @@ def _resolve_uri(configured: str | None, paths: ProjectPaths) -> str:
 
 
 def client(cfg: RunConfig, paths: ProjectPaths) -> MlflowClient:
-    return _client(tracking_uri(cfg, paths))
+    return connect(tracking_uri(cfg, paths))
 
 
-def _client(uri: str) -> MlflowClient:
+def connect(uri: str) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
@@ -89,7 +89,7 @@ def experiment_id(cfg: RunConfig, paths: ProjectPaths) -> str:
 
 
 def _experiment_id(uri: str, name: str, paths: ProjectPaths) -> str:
-    mlc = _client(uri)
+    mlc = connect(uri)
     found = mlc.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -120,7 +120,7 @@ def _record_config_failure(config: str, overrides: list[str], raw: dict[str, Any
     # the user's one line is the config error, not MLflow creating its tables
     for noisy in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    mlc = _client(uri)
+    mlc = connect(uri)
     tags = {**_code_tags(), "config_name": name}
     run_id = mlc.create_run(_experiment_id(uri, name, paths), run_name="invalid-config", tags=tags).info.run_id
     mlc.log_param(run_id, "config", str(config))

@@ -11,7 +11,7 @@ from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.common import Scores, Variant
-from tasks.package import ALIAS, Incumbent, decide, package, register
+from tasks.package import ALIAS, Bundle, Incumbent, decide, package, register
 from tasks.select import Selection
 
 
@@ -47,12 +47,21 @@ def test_bundle_serves_with_mlflow_pyfunc(
     assert "torch==" in requirements and "onnxruntime" not in requirements
 
 
-def test_the_rule_keeps_an_incumbent_within_tolerance_and_no_dearer() -> None:
-    challenger = {"macro_f1": 0.80, "usd_per_1m": 0.05}
-    assert decide(None, challenger, floor=0.79)[0]
-    assert not decide(Incumbent(version="1", macro_f1=0.795, usd_per_1m=0.05), challenger, floor=0.79)[0]
-    assert decide(Incumbent(version="1", macro_f1=0.70, usd_per_1m=0.01), challenger, floor=0.79)[0]  # too weak now
-    assert decide(Incumbent(version="1", macro_f1=0.80, usd_per_1m=0.06), challenger, floor=0.79)[0]  # dearer
+def test_the_rule_keeps_an_incumbent_that_meets_the_bar_unless_the_challenger_is_clearly_cheaper() -> None:
+    challenger, uri = {"macro_f1": 0.80, "usd_per_1m": 0.05}, "runs:/new/model"
+
+    def champion(f1: float, usd: float, model_uri: str = "runs:/old/model") -> Incumbent:
+        return Incumbent(version="1", model_uri=model_uri, macro_f1=f1, usd_per_1m=usd)
+
+    def promotes(current: Incumbent | None) -> bool:
+        return decide(current, challenger, uri, floor=0.79, min_saving=0.05)[0]
+
+    assert promotes(None)
+    assert not promotes(champion(0.795, 0.05))  # as good, as cheap
+    assert not promotes(champion(0.795, 0.051))  # dearer by less than the noise margin
+    assert promotes(champion(0.795, 0.06))  # the challenger is 17% cheaper
+    assert promotes(champion(0.70, 0.01))  # too weak now, however cheap
+    assert not promotes(champion(0.70, 0.01, model_uri=uri))  # already this model
 
 
 def test_register_moves_the_alias_only_for_a_better_champion(
@@ -65,6 +74,9 @@ def test_register_moves_the_alias_only_for_a_better_champion(
         first = register.fn(package.fn(selection, variants(baseline), data, cfg, store, run_id), selection, data, cfg, store, run_id)
     assert first.promoted and str(client.get_model_version_by_alias("frugal-unit-registry", ALIAS).version) == first.version
 
+    def another(bundle: Bundle) -> Bundle:  # a challenger that is not the champion's own model
+        return bundle.model_copy(update={"model_uri": "runs:/another-variant/model"})
+
     def claiming(usd: float) -> Selection:
         return selection.model_copy(
             update={"champion": selection.champion.model_copy(update={"metrics": {**selection.champion.metrics, "usd_per_1m": usd}})}
@@ -72,7 +84,7 @@ def test_register_moves_the_alias_only_for_a_better_champion(
 
     with tracking.parent_run(cfg, store, run_name="second") as run_id:
         pricier = claiming(1e6)
-        second = register.fn(package.fn(pricier, variants(baseline), data, cfg, store, run_id), pricier, data, cfg, store, run_id)
+        second = register.fn(another(package.fn(pricier, variants(baseline), data, cfg, store, run_id)), pricier, data, cfg, store, run_id)
         decision = client.get_run(run_id)
     assert not second.promoted and "kept v1" in second.reason
     assert str(client.get_model_version_by_alias("frugal-unit-registry", ALIAS).version) == first.version
@@ -80,5 +92,5 @@ def test_register_moves_the_alias_only_for_a_better_champion(
 
     with tracking.parent_run(cfg, store, run_name="third") as run_id:
         cheaper = claiming(1e-9)
-        third = register.fn(package.fn(cheaper, variants(baseline), data, cfg, store, run_id), cheaper, data, cfg, store, run_id)
+        third = register.fn(another(package.fn(cheaper, variants(baseline), data, cfg, store, run_id)), cheaper, data, cfg, store, run_id)
     assert third.promoted and str(client.get_model_version_by_alias("frugal-unit-registry", ALIAS).version) == third.version

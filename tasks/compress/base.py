@@ -55,7 +55,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    heavy: ClassVar[bool] = False  # trains: belongs on a GPU worker in `workers` mode
+    heavy: ClassVar[bool] = False  # trains or needs a GPU: belongs on a GPU worker in `workers` mode
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options

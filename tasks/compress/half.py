@@ -50,6 +50,7 @@ def unsupported(dtype: str, device: str) -> str | None:
 @register
 class Half(TorchMethod):
     name = "half"
+    heavy = True  # converts and checks on the GPU it will serve on
     Options = HalfOptions
 
     def unsupported(self, serve_device: str) -> str | None:
