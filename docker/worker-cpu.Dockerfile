@@ -66,5 +66,6 @@ LABEL org.opencontainers.image.revision=$GIT_COMMIT
 ENV FRUGAL_GIT_COMMIT=$GIT_COMMIT FRUGAL_GIT_DIRTY=$GIT_DIRTY
 USER frugal
 WORKDIR /opt/frugal
-# docker/worker-start.sh: `frugal worker --pool "$FRUGAL_POOL"`, or `prefect worker start` before it exists.
-CMD ["sh", "/opt/frugal/docker/worker-start.sh"]
+# A Prefect process worker on the pool FRUGAL_POOL (it creates the pool if missing). Through sh
+# for the variable; exec, so the worker is PID 1 and `docker stop` reaches it.
+CMD ["sh", "-c", "exec frugal worker --pool \"$FRUGAL_POOL\""]

@@ -192,7 +192,7 @@ class WorkersConfig(Strict):
     measure: str | None = Field(description="Pool whose hardware matches evaluate.instance: where variants are measured.")
     pipeline: str = Field(description="Pool that runs the scheduled retraining flow (and so the light steps) after `frugal deploy`.")
     heartbeat_seconds: int = Field(
-        ge=30, description="Flow runs on workers send a heartbeat this often (Prefect's minimum is 30); silence for 2.5 beats = the step crashed."
+        ge=30, description="Flow runs on workers beat this often (Prefect's minimum: 30); 2.5 beats of silence = the step crashed."
     )
     timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
 

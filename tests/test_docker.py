@@ -272,7 +272,9 @@ def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
         runs = json.load(resp)
     on_pool = [r for r in runs if r.get("work_pool_name") == "frugal-cpu"]
     assert on_pool, "no flow run went to the frugal-cpu pool"
-    assert all(r["state_type"] == "COMPLETED" for r in on_pool), [(r["name"], r["state_type"]) for r in on_pool]
+    assert all(r["state_type"] == "COMPLETED" for r in on_pool), [
+        (r["name"], r["state_type"], (r.get("state") or {}).get("message"), r.get("parameters", {}).get("step")) for r in on_pool if r["state_type"] != "COMPLETED"
+    ]
 
 
 def test_gpu_worker_image_builds(tmp_path: Path) -> None:
