@@ -259,22 +259,27 @@ def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
     stack)."""
     cpu_only = ["-s", "workers.finetune=frugal-cpu", "-s", "workers.heavy_steps=frugal-cpu", "-s", "workers.measure=frugal-cpu"]
     team = ["-c", "smoke", "-s", "execution=workers", "-s", f"result_storage={RESULT_STORAGE}", *cpu_only]
+    t = time.monotonic()
     deployed = stack("run", "--rm", "--no-deps", "worker-cpu", "frugal", "deploy", *team, timeout=300)
+    deploy_s = time.monotonic() - t
     assert deployed.returncode == 0, _tail(deployed)
+    t = time.monotonic()
     ran = stack(
         "run", "--rm", "--no-deps", "-e", "FRUGAL_PROJECT_DIR=/tmp/parent", "worker-cpu", "frugal", "run", *team, timeout=900
     )  # fmt: skip
+    run_s = time.monotonic() - t
     assert ran.returncode == 0, _tail(ran)
     assert "Champion:" in ran.stdout, _tail(ran)
     # The steps ran as flow runs of the stage deployments on the worker, and all completed.
     request = urllib.request.Request(f"{stack.prefect_api}/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         runs = json.load(resp)
-    on_pool = [r for r in runs if r.get("work_pool_name") == "frugal-cpu"]
-    assert on_pool, "no flow run went to the frugal-cpu pool"
-    assert all(r["state_type"] == "COMPLETED" for r in on_pool), [
-        (r["name"], r["state_type"], (r.get("state") or {}).get("message"), r.get("parameters", {}).get("step")) for r in on_pool if r["state_type"] != "COMPLETED"
-    ]
+    # (SCHEDULED ones are frugal-retrain's upcoming cron runs, which `frugal deploy` scheduled.)
+    ran_on_pool = [r for r in runs if r.get("work_pool_name") == "frugal-cpu" and r["state_type"] != "SCHEDULED"]
+    assert ran_on_pool, "no flow run went to the frugal-cpu pool"
+    failed = [(r["name"], r["state_type"], r["state"]["message"]) for r in ran_on_pool if r["state_type"] != "COMPLETED"]
+    assert not failed, failed
+    print(f"smoke on the workers: deploy {deploy_s:.0f} s, run {run_s:.0f} s, {len(ran_on_pool)} step flow runs on frugal-cpu")
 
 
 def test_gpu_worker_image_builds(tmp_path: Path) -> None:
