@@ -23,6 +23,7 @@ from tasks.compression import StepSettings, compress_step
 from tasks.dispatch import storage_block
 from tasks.evaluate import Measurement, measure_model
 from tasks.finetune import finetune
+from tasks.locks import serialised
 
 
 def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, ProjectPaths]:
@@ -30,7 +31,7 @@ def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, 
     quiet_user_errors()
     paths = ProjectPaths.resolve(None)
     tracking.connect(tracking_uri)
-    return task.with_options(result_storage=storage_block(result_storage, paths)), paths
+    return serialised(task, paths).with_options(result_storage=storage_block(result_storage, paths)), paths
 
 
 @flow(name="frugal-finetune", log_prints=True)

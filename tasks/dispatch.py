@@ -19,6 +19,7 @@ from frugal.config import RunConfig, StepConfig
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.lifecycle import close_runs_of_flow_run
+from tasks.locks import serialised
 
 log = logging.getLogger(__name__)
 STAGE_FLOWS = {"finetune": "frugal-finetune", "compress_step": "frugal-compress-step", "measure": "frugal-measure"}
@@ -86,7 +87,7 @@ class Dispatch:
 
     def _call(self, stage: str, task: Callable[..., Any], pool: str | None, kwargs: dict[str, Any]) -> Any:
         if pool is None:
-            return task(**kwargs)
+            return serialised(task, self.paths)(**kwargs)
         # The worker has its own project folder and caches; it is told which MLflow store and result storage to use.
         params = {k: v for k, v in kwargs.items() if k != "paths"}
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
