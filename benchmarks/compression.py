@@ -50,13 +50,15 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/<config>.md)")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Every stage is recomputed: results cached by an earlier run would time nothing (like `frugal run --fresh`).
+    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     Path(args.project_dir).mkdir(parents=True, exist_ok=True)
-    from flows.pipeline import pipeline
+    from flows.pipeline import run
     from frugal.config import load_config
 
     evaluate = load_config(args.config).evaluate  # the report states the measurement settings the run used
     started = time.perf_counter()
-    result = pipeline(config=args.config, project_dir=args.project_dir)
+    result = run(config=args.config, project_dir=args.project_dir)
     minutes = (time.perf_counter() - started) / 60
     selection = result.selection
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -194,6 +194,9 @@ class WorkersConfig(Strict):
     heartbeat_seconds: int = Field(
         ge=30, description="Flow runs on workers beat this often (Prefect's minimum: 30); 2.5 beats of silence = the step crashed."
     )
+    start_timeout_seconds: int = Field(
+        gt=0, description="Longest a step may wait for a worker of its pool to pick it up; then it is cancelled and the run fails."
+    )
     timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
 
 

@@ -24,6 +24,10 @@ class ModelError(FrugalError):
     """The model cannot be found or loaded."""
 
 
+class WorkerError(FrugalError):
+    """A step sent to a work pool came back without a result: no deployment, no worker, a dead worker, a timeout."""
+
+
 class ValidationFailed(DataError):
     """The Great Expectations suite failed on the prepared splits."""
 

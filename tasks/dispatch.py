@@ -13,9 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
+
+from prefect.states import Cancelled, Crashed
 
 from frugal.config import RunConfig, StepConfig
+from frugal.errors import WorkerError
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.lifecycle import close_runs_of_flow_run
@@ -25,11 +28,11 @@ log = logging.getLogger(__name__)
 STAGE_FLOWS = {"finetune": "frugal-finetune", "compress_step": "frugal-compress-step", "measure": "frugal-measure"}
 
 
-class StepCrashed(RuntimeError):
-    """A step's flow run on a worker ended without a result (its worker was killed, or it stopped sending heartbeats)."""
+class StepCrashed(WorkerError):
+    """A step's flow run on a worker ended without a result; the runs it opened are closed by the parent."""
 
-    def __init__(self, message: str, flow_run_id: Any) -> None:
-        super().__init__(message)
+    def __init__(self, problem: str, fix: str, flow_run_id: Any) -> None:
+        super().__init__(problem, fix)
         self.flow_run_id = str(flow_run_id)
 
 
@@ -93,12 +96,13 @@ class Dispatch:
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
         workers = self.cfg.workers
         try:
-            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, workers.heartbeat_seconds, workers.timeout_seconds)
+            limits = Limits(workers.heartbeat_seconds, workers.start_timeout_seconds, workers.timeout_seconds)
+            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, limits)
         except StepCrashed as crash:
             if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
                 mlc = tracking.mlflow_client()
                 experiment = mlc.get_run(kwargs["parent_run"]).info.experiment_id
-                close_runs_of_flow_run(mlc, experiment, crash.flow_run_id, str(crash))
+                close_runs_of_flow_run(mlc, experiment, crash.flow_run_id, crash.problem)
             raise
 
     def storage_location(self) -> str:
@@ -107,14 +111,26 @@ class Dispatch:
         return where if "://" in where else str(self.paths.root / where)
 
 
-def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any], heartbeat: int, timeout: int) -> Any:
+class Limits(NamedTuple):
+    heartbeat: int  # workers.heartbeat_seconds
+    start: int  # workers.start_timeout_seconds
+    total: int  # workers.timeout_seconds
+
+
+def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any], limits: Limits) -> Any:
     """Start the stage's deployment on `pool`, wait for it, and return the result its task persisted."""
     from prefect import get_client
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    flow_run = run_deployment(f"{flow_name}/{pool}", parameters=params, timeout=0)
+    try:
+        flow_run = run_deployment(f"{flow_name}/{pool}", parameters=params, timeout=0)
+    except ObjectNotFound:
+        raise WorkerError(
+            f"the Prefect API has no deployment {flow_name}/{pool}", "register it with `frugal deploy -c CONFIG` using this config"
+        ) from None
     log.info("%s runs on pool %s as flow run %s", flow_name, pool, flow_run.id)
-    deadline, started = time.monotonic() + timeout, None
+    begun, started = time.monotonic(), None
     with get_client(sync_client=True) as client:
         while True:
             state = client.read_flow_run(flow_run.id).state
@@ -122,16 +138,19 @@ def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any]
                 break
             if state is not None and state.is_running():
                 started = started or time.monotonic()
-                if _silent_for(client, flow_run.id, started) > 2.5 * heartbeat:
-                    why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {2.5 * heartbeat:.0f} s"
-                    _mark_crashed(client, flow_run.id, why + ": its worker died")
-                    raise StepCrashed(why + ": its worker died", flow_run.id)
-            if time.monotonic() > deadline:
-                raise StepCrashed(f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={timeout}", flow_run.id)
+                if _silent_for(client, flow_run.id, started) > 2.5 * limits.heartbeat:
+                    why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {2.5 * limits.heartbeat:.0f} s"
+                    _end(client, flow_run.id, Crashed, why + ": its worker died", "rerun: completed steps are reused, training resumes")
+            elif started is None and time.monotonic() - begun > limits.start:
+                why = f"no worker of pool {pool} picked up {flow_name} (flow run {flow_run.id}) within {limits.start} s"
+                _end(client, flow_run.id, Cancelled, why, f"start a worker with `frugal worker --pool {pool}`, then rerun")
+            if time.monotonic() - begun > limits.total:
+                why = f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={limits.total}"
+                _end(client, flow_run.id, Cancelled, why, "raise workers.timeout_seconds, or give the pool faster hardware")
             time.sleep(1)
         if not state.is_completed():
             state.result()  # raises the step's own error
-            raise StepCrashed(f"{flow_name} on pool {pool} ended {state.type.value}: {state.message}", flow_run.id)
+            raise StepCrashed(f"{flow_name} on pool {pool} ended {state.type.value}: {state.message}", "see the worker's log", flow_run.id)
         return _task_result(client, flow_run.id, task_name)
 
 
@@ -145,7 +164,8 @@ def _task_result(client: Any, flow_run_id: Any, task_name: str) -> Any:
     runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     done = [r for r in runs if r.name.rsplit("-", 1)[0] == task_name and r.state is not None and r.state.is_completed()]
     if len(done) != 1:
-        raise StepCrashed(f"flow run {flow_run_id} finished without one completed {task_name} task run", flow_run_id)
+        why = f"flow run {flow_run_id} finished without one completed {task_name} task run"
+        raise StepCrashed(why, "see the worker's log", flow_run_id)
     return done[0].state.result()
 
 
@@ -167,7 +187,7 @@ def _silent_for(client: Any, flow_run_id: Any, started: float) -> float:
     return (datetime.now(UTC) - events[0].occurred).total_seconds()
 
 
-def _mark_crashed(client: Any, flow_run_id: Any, why: str) -> None:
-    from prefect.states import Crashed
-
-    client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
+def _end(client: Any, flow_run_id: Any, state: Callable[..., Any], why: str, fix: str) -> NoReturn:
+    """Give up on a step's flow run: record why on it (so no worker starts it later), then fail the parent's step."""
+    client.set_flow_run_state(flow_run_id, state(message=why), force=True)
+    raise StepCrashed(why, fix, flow_run_id)

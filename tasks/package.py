@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -116,22 +117,31 @@ def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, mea
     return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
 
 
-def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, floor: float, min_saving: float) -> tuple[bool, str]:
+class Rule(NamedTuple):
+    floor: float  # this run's quality bar: baseline macro-F1 - tolerance
+    tolerance: float  # select.tolerance
+    min_saving: float  # select.promote_min_saving
+
+
+def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, rule: Rule) -> tuple[bool, str]:
     """The champion/challenger rule (select.tolerance, select.promote_min_saving), on scores measured in this run.
 
-    A champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one
-    that meets it stays unless the challenger is at least `min_saving` cheaper.
+    A challenger more than `tolerance` below the champion's quality never wins on price. A
+    champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one that
+    meets it stays unless the challenger is at least `min_saving` cheaper.
     """
     if current is None:
         return True, "no champion yet"
     if current.model_uri == model_uri:
         return False, f"kept v{current.version}: it is already this model"
     seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run)"
-    if current.macro_f1 < floor:
-        return True, f"challenger replaces {seen}: below this run's quality bar {floor:.4f}"
-    if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - min_saving):
-        return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {min_saving:.0%} cheaper than {seen}"
-    return False, f"kept {seen}: meets the quality bar {floor:.4f} and the challenger is not {min_saving:.0%} cheaper"
+    if challenger["macro_f1"] < current.macro_f1 - rule.tolerance:
+        return False, f"kept {seen}: the challenger's macro-F1 {challenger['macro_f1']:.4f} is more than {rule.tolerance} below it"
+    if current.macro_f1 < rule.floor:
+        return True, f"challenger replaces {seen}: below this run's quality bar {rule.floor:.4f}"
+    if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - rule.min_saving):
+        return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {rule.min_saving:.0%} cheaper than {seen}"
+    return False, f"kept {seen}: meets the quality bar {rule.floor:.4f} and the challenger is not {rule.min_saving:.0%} cheaper"
 
 
 @stage(name="register")
@@ -141,16 +151,17 @@ def register(
 ) -> Registration:  # fmt: skip
     """Register the bundle and move `champion` to it, unless the current champion is still as good and cheaper.
 
-    The decision and the promotion happen under one lock (a Prefect global concurrency limit,
-    plus a file lock for a local store), so two runs finishing together promote at most once.
+    The decision and the promotion happen under one lock (`promotion_lock`), so two runs
+    finishing together promote at most once.
     """
     import mlflow
 
     name, new = cfg.registered_model_name, selection.champion.metrics
     with promotion_lock(name, paths):
         current = incumbent(name, data, cfg, paths, measure or measure_model)
-        floor = selection.baseline.metrics["macro_f1"] - cfg.select.tolerance
-        promote, why = decide(current, new, bundle.model_uri, floor, cfg.select.promote_min_saving)
+        tolerance = cfg.select.tolerance
+        rule = Rule(selection.baseline.metrics["macro_f1"] - tolerance, tolerance, cfg.select.promote_min_saving)
+        promote, why = decide(current, new, bundle.model_uri, rule)
         scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
         if current is not None:
             scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}
@@ -177,13 +188,25 @@ PROMOTION_LIMIT = "frugal-promotion"
 
 @contextlib.contextmanager
 def promotion_lock(name: str, paths: ProjectPaths) -> Iterator[None]:
-    from filelock import FileLock
-    from prefect.concurrency.sync import concurrency
+    """A file lock serialises the processes of this machine, which are all that can write a SQLite store.
 
-    ensure_promotion_limit()
+    A store other processes can reach (a tracking server) also takes the Prefect limit. Not for
+    SQLite: Prefect's temporary server never repossesses the slot of a holder that was killed,
+    so a SIGKILL during a promotion would block every later one.
+    """
+    from filelock import FileLock
+
     paths.work.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(paths.work / f"promotion-{name}.lock")), concurrency(PROMOTION_LIMIT, occupy=1):
-        yield
+    with FileLock(str(paths.work / f"promotion-{name}.lock")):
+        if urlparse(tracking.mlflow_client().tracking_uri).scheme in ("sqlite", "file", ""):
+            yield
+            return
+        from prefect.concurrency.sync import concurrency
+
+        ensure_promotion_limit()
+        # A server-side lease: a killed holder's slot comes back after lease_duration (server services run).
+        with concurrency(PROMOTION_LIMIT, occupy=1, lease_duration=300, timeout_seconds=1800):
+            yield
 
 
 def ensure_promotion_limit() -> None:

@@ -11,7 +11,7 @@ from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.common import Scores, Variant
-from tasks.package import ALIAS, Bundle, Incumbent, decide, package, register
+from tasks.package import ALIAS, Bundle, Incumbent, Rule, decide, package, register
 from tasks.select import Selection
 
 
@@ -54,7 +54,7 @@ def test_the_rule_keeps_an_incumbent_that_meets_the_bar_unless_the_challenger_is
         return Incumbent(version="1", model_uri=model_uri, macro_f1=f1, usd_per_1m=usd)
 
     def promotes(current: Incumbent | None) -> bool:
-        return decide(current, challenger, uri, floor=0.79, min_saving=0.05)[0]
+        return decide(current, challenger, uri, Rule(floor=0.79, tolerance=0.01, min_saving=0.05))[0]
 
     assert promotes(None)
     assert not promotes(champion(0.795, 0.05))  # as good, as cheap
@@ -62,6 +62,8 @@ def test_the_rule_keeps_an_incumbent_that_meets_the_bar_unless_the_challenger_is
     assert promotes(champion(0.795, 0.06))  # the challenger is 17% cheaper
     assert promotes(champion(0.70, 0.01))  # too weak now, however cheap
     assert not promotes(champion(0.70, 0.01, model_uri=uri))  # already this model
+    assert not promotes(champion(0.95, 0.10))  # far better than the challenger: price does not buy quality
+    assert promotes(champion(0.805, 0.10))  # better by less than the tolerance, and the challenger is half the price
 
 
 def test_register_moves_the_alias_only_for_a_better_champion(

@@ -244,9 +244,11 @@ def retrain_together(stack: Stack, project: Path, epochs: int, count: int) -> li
     overrides = [f"finetune.epochs={epochs}", "compress.variants={}", *WORKERS]
     params = {"config": "smoke", "overrides": overrides, "project_dir": str(project)}
     started = [run_deployment("frugal-retrain/smoke", parameters=params, timeout=0) for _ in range(count)]
+    deadline = time.time() + 600
     with get_client(sync_client=True) as client:
         for flow_run in started:
             while not (state := client.read_flow_run(flow_run.id).state).is_final():
+                assert time.time() < deadline, f"retrain flow run {flow_run.id} still {state.name} after 10 min"
                 time.sleep(1)
             assert state.is_completed(), state.message
     return sorted(decision for run_id, decision in parent_runs(project).items() if run_id not in before)
@@ -264,4 +266,32 @@ def test_retraining_promotes_a_better_challenger_once_and_keeps_the_champion_aga
 
 
 def champion(project: Path):
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias("frugal-smoke", "champion")
+    # registry_uri too: without it MlflowClient reads the registry this process last set globally (another project's).
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("frugal-smoke", "champion")
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        ("test-idle", "no worker of pool test-idle picked up frugal-measure"),  # deployed, but no worker serves the pool
+        ("test-nowhere", "the Prefect API has no deployment frugal-measure/test-nowhere"),  # never deployed
+    ],
+)
+def test_a_step_no_worker_can_take_fails_the_run_with_one_message(stack: Stack, api: None, pool: str, expected: str) -> None:
+    from prefect import get_client
+
+    project = stack.root / "parent"  # the fine-tune is cached there by the first test
+    placed = [*WORKERS, f"workers.measure={pool}", "workers.start_timeout_seconds=20", "compress.variants={}"]
+    if pool == "test-idle":
+        deployed = stack.frugal("deploy", "-c", "smoke", *[a for item in placed for a in ("-s", item)], project=project)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+    proc = stack.frugal("run", "-c", "smoke", "--project-dir", str(project), *[a for item in placed for a in ("-s", item)])
+    assert proc.returncode == 2 and expected in proc.stderr and "Fix:" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    mlc = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert not mlc.search_runs([e.experiment_id for e in mlc.search_experiments()], "attributes.status = 'RUNNING'")
+    if pool == "test-idle":  # the waiting flow run is cancelled, so a worker started later does not run it for nobody
+        with get_client(sync_client=True) as client:
+            states = [r.state.name for r in client.read_flow_runs(limit=200) if r.work_pool_name == "test-idle"]
+        assert states == ["Cancelled"]
