@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 from prefect.states import Cancelled, Crashed
 
-from frugal.config import RunConfig, StepConfig
+from frugal.config import RunConfig, StepConfig, WorkersConfig
 from frugal.errors import WorkerError
 from frugal.paths import ProjectPaths
 from tasks import tracking
@@ -94,10 +94,8 @@ class Dispatch:
         # The worker has its own project folder and caches; it is told which MLflow store and result storage to use.
         params = {k: v for k, v in kwargs.items() if k != "paths"}
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
-        workers = self.cfg.workers
         try:
-            limits = Limits(workers.heartbeat_seconds, workers.start_timeout_seconds, workers.timeout_seconds)
-            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, limits)
+            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, self.cfg.workers)
         except StepCrashed as crash:
             if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
                 mlc = tracking.mlflow_client()
@@ -111,13 +109,7 @@ class Dispatch:
         return where if "://" in where else str(self.paths.root / where)
 
 
-class Limits(NamedTuple):
-    heartbeat: int  # workers.heartbeat_seconds
-    start: int  # workers.start_timeout_seconds
-    total: int  # workers.timeout_seconds
-
-
-def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any], limits: Limits) -> Any:
+def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any], workers: WorkersConfig) -> Any:
     """Start the stage's deployment on `pool`, wait for it, and return the result its task persisted."""
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -130,7 +122,7 @@ def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any]
             f"the Prefect API has no deployment {flow_name}/{pool}", "register it with `frugal deploy -c CONFIG` using this config"
         ) from None
     log.info("%s runs on pool %s as flow run %s", flow_name, pool, flow_run.id)
-    begun, started = time.monotonic(), None
+    begun, started, silence = time.monotonic(), None, 2.5 * workers.heartbeat_seconds
     with get_client(sync_client=True) as client:
         while True:
             state = client.read_flow_run(flow_run.id).state
@@ -138,14 +130,14 @@ def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any]
                 break
             if state is not None and state.is_running():
                 started = started or time.monotonic()
-                if _silent_for(client, flow_run.id, started) > 2.5 * limits.heartbeat:
-                    why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {2.5 * limits.heartbeat:.0f} s"
+                if _silent_for(client, flow_run.id, started) > silence:
+                    why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {silence:.0f} s"
                     _end(client, flow_run.id, Crashed, why + ": its worker died", "rerun: completed steps are reused, training resumes")
-            elif started is None and time.monotonic() - begun > limits.start:
-                why = f"no worker of pool {pool} picked up {flow_name} (flow run {flow_run.id}) within {limits.start} s"
+            elif started is None and time.monotonic() - begun > workers.start_timeout_seconds:
+                why = f"no worker of pool {pool} picked up {flow_name} (flow run {flow_run.id}) within {workers.start_timeout_seconds} s"
                 _end(client, flow_run.id, Cancelled, why, f"start a worker with `frugal worker --pool {pool}`, then rerun")
-            if time.monotonic() - begun > limits.total:
-                why = f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={limits.total}"
+            if time.monotonic() - begun > workers.timeout_seconds:
+                why = f"{flow_name} on pool {pool} did not finish within workers.timeout_seconds={workers.timeout_seconds}"
                 _end(client, flow_run.id, Cancelled, why, "raise workers.timeout_seconds, or give the pool faster hardware")
             time.sleep(1)
         if not state.is_completed():

@@ -118,9 +118,14 @@ def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, mea
 
 
 class Rule(NamedTuple):
-    floor: float  # this run's quality bar: baseline macro-F1 - tolerance
+    baseline_f1: float  # this run's baseline macro-F1
     tolerance: float  # select.tolerance
     min_saving: float  # select.promote_min_saving
+
+    @property
+    def floor(self) -> float:
+        """This run's quality bar."""
+        return self.baseline_f1 - self.tolerance
 
 
 def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, rule: Rule) -> tuple[bool, str]:
@@ -159,8 +164,7 @@ def register(
     name, new = cfg.registered_model_name, selection.champion.metrics
     with promotion_lock(name, paths):
         current = incumbent(name, data, cfg, paths, measure or measure_model)
-        tolerance = cfg.select.tolerance
-        rule = Rule(selection.baseline.metrics["macro_f1"] - tolerance, tolerance, cfg.select.promote_min_saving)
+        rule = Rule(selection.baseline.metrics["macro_f1"], cfg.select.tolerance, cfg.select.promote_min_saving)
         promote, why = decide(current, new, bundle.model_uri, rule)
         scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
         if current is not None:

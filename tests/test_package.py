@@ -54,7 +54,7 @@ def test_the_rule_keeps_an_incumbent_that_meets_the_bar_unless_the_challenger_is
         return Incumbent(version="1", model_uri=model_uri, macro_f1=f1, usd_per_1m=usd)
 
     def promotes(current: Incumbent | None) -> bool:
-        return decide(current, challenger, uri, Rule(floor=0.79, tolerance=0.01, min_saving=0.05))[0]
+        return decide(current, challenger, uri, Rule(baseline_f1=0.80, tolerance=0.01, min_saving=0.05))[0]
 
     assert promotes(None)
     assert not promotes(champion(0.795, 0.05))  # as good, as cheap

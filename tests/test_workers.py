@@ -26,6 +26,11 @@ WORKERS = ["execution=workers", "workers.finetune=test-gpu", "workers.heavy_step
            "workers.pipeline=test-cpu"]  # fmt: skip
 
 
+def flags(overrides: list[str]) -> list[str]:
+    """`-s KEY=VALUE` for each override, as the CLI takes them."""
+    return [a for item in overrides for a in ("-s", item)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,10 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("workers"))
     try:
         stack.serve()
-        args = ["deploy", "-c", "smoke", "--project-dir", str(stack.root / "parent")]
-        for item in WORKERS:
-            args += ["-s", item]
-        deployed = stack.frugal(*args)
+        deployed = stack.frugal("deploy", "-c", "smoke", "--project-dir", str(stack.root / "parent"), *flags(WORKERS))
         assert deployed.returncode == 0, deployed.stderr[-3000:]
         for pool in ("test-gpu", "test-cpu"):
             stack.worker(pool)
@@ -192,7 +194,7 @@ def test_a_killed_gpu_worker_fails_the_step_in_bounded_time_and_the_rerun_resume
     from flows.pipeline import run
 
     project, longer = stack.root / "killed", ["finetune.epochs=12", "compress.variants={}", *WORKERS]
-    args = ["run", "-c", "smoke", "--project-dir", str(project)] + [a for item in longer for a in ("-s", item)]
+    args = ["run", "-c", "smoke", "--project-dir", str(project)] + flags(longer)
     pipeline = start([sys.executable, "-m", "frugal.cli", *args], stack.env, stack.root / "killed.log")
     stack.procs.append(pipeline)
     worker_dir = stack.root / "worker-test-gpu"
@@ -284,9 +286,9 @@ def test_a_step_no_worker_can_take_fails_the_run_with_one_message(stack: Stack, 
     project = stack.root / "parent"  # the fine-tune is cached there by the first test
     placed = [*WORKERS, f"workers.measure={pool}", "workers.start_timeout_seconds=20", "compress.variants={}"]
     if pool == "test-idle":
-        deployed = stack.frugal("deploy", "-c", "smoke", *[a for item in placed for a in ("-s", item)], project=project)
+        deployed = stack.frugal("deploy", "-c", "smoke", *flags(placed), project=project)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
-    proc = stack.frugal("run", "-c", "smoke", "--project-dir", str(project), *[a for item in placed for a in ("-s", item)])
+    proc = stack.frugal("run", "-c", "smoke", "--project-dir", str(project), *flags(placed))
     assert proc.returncode == 2 and expected in proc.stderr and "Fix:" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     mlc = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
