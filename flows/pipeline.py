@@ -7,6 +7,8 @@ reuses what is done. `tasks.dispatch` sends them to work pools in `execution: wo
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from frugal.logs import quiet_user_errors
@@ -21,33 +23,44 @@ from tasks.modeling import check_source
 from tasks.package import Registration, package, register
 from tasks.select import Selection, select
 from tasks.validate import validate
-from tasks.versioning import version_data
+from tasks.versioning import restore_data, version_data
+
+Until = Literal["data", "finetune", "compress"]
 
 
 class PipelineResult(Ref):
     run_id: str
     data_hash: str
-    selection: Selection
-    registration: Registration
+    stopped_after: Until | None = None  # a partial run (dvc.yaml's stages) has no selection or registration
+    selection: Selection | None = None
+    registration: Registration | None = None
 
 
 @flow(name="frugal-pipeline", log_prints=True)
-def pipeline(config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None) -> PipelineResult:
+def pipeline(
+    config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None, until: Until | None = None
+) -> PipelineResult:
     quiet_user_errors()
     paths = ProjectPaths.resolve(project_dir)
     cfg = tracking.load_config_or_fail_run(config, overrides or [], paths)
     on = Dispatch(cfg, paths)
     with tracking.parent_run(cfg, paths) as run_id:
         check_source(cfg.model)
-        staged = prepare(cfg, paths, run_id)
+        staged = restore_data(cfg, paths, run_id) if cfg.data.version else prepare(cfg, paths, run_id)
         validate(staged, cfg, paths, run_id)
         data = version_data(staged, cfg, paths, run_id)
+        if until == "data":
+            return stopped(run_id, data.md5, until)
         base = on.finetune(
             data=data, model=cfg.model, train_cfg=cfg.finetune, labels=cfg.data.labels, seed=cfg.seed, paths=paths, parent_run=run_id
         )
+        if until == "finetune":
+            return stopped(run_id, data.md5, until)
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
         for name, steps in cfg.compress.variants.items():
             variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
+        if until == "compress":
+            return stopped(run_id, data.md5, until)
         baseline = evaluate(variants[0], None, data, cfg, paths, run_id, measure=on.measure)
         scores = [baseline] + [evaluate(v, baseline, data, cfg, paths, run_id, measure=on.measure) for v in variants[1:]]
         selection = select([s for s in scores if s is not None], variants, cfg, run_id)
@@ -56,8 +69,16 @@ def pipeline(config: str = "default", overrides: list[str] | None = None, projec
     return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)
 
 
-def run(config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None) -> PipelineResult:
+def stopped(run_id: str, data_hash: str, until: Until) -> PipelineResult:
+    """The result of a run asked to stop after a stage (each stage of dvc.yaml is one such run; Prefect reuses the earlier ones)."""
+    tracking.set_tags(run_id, {"stopped_after": until})
+    return PipelineResult(run_id=run_id, data_hash=data_hash, stopped_after=until)
+
+
+def run(
+    config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None, until: Until | None = None
+) -> PipelineResult:
     """Run the pipeline with the result storage its config names (the entry point of the CLI, tests and benchmarks)."""
     return pipeline.with_options(result_storage=result_storage(config, overrides or [], project_dir), result_serializer="json")(
-        config=config, overrides=overrides, project_dir=project_dir
+        config=config, overrides=overrides, project_dir=project_dir, until=until
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from frugal.compose import compose, read_yaml
 from frugal.errors import ConfigError
 from frugal.paths import CONFIGS_DIR
+
+
+def relative_path(value: str) -> str:
+    """A path frugal writes to must stay inside the project: relative, and no `..` out of it.
+
+    (An absolute path could name any folder on the machine; preparing data renames and deletes it.)
+    """
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or PureWindowsPath(value).drive:
+        raise ValueError(f"{value!r} must be a path relative to the project folder, without '..' (frugal writes there)")
+    return value
 
 
 class Strict(BaseModel):
@@ -45,7 +57,19 @@ class DataConfig(Strict):
     )
     max_rows: int | None = Field(gt=0, description="Cap on cleaned rows (stratified sample), null for all.")
     split: SplitConfig
-    dir: str = Field(description="Folder (relative to the project) for the prepared splits; tracked by DVC.")
+    dir: str = Field(
+        description="Folder inside the project where this config's pinned data version is checked out; `<dir>.dvc` pins it "
+        "(data.dvc for the default config)."
+    )
+    record_version: bool = Field(
+        description="Let this run rewrite `<dir>.dvc` when its data differs from the version pinned there (git then shows "
+        "the change to commit). Off: every version is still kept by hash in .frugal/datasets, the DVC cache and remote."
+    )
+    version: str | None = Field(
+        description="Use this recorded data version (a DVC hash ending in .dir) instead of preparing the source: restored "
+        "from the DVC cache, then the remote. `frugal reproduce` sets it."
+    )
+    remote: str | None = Field(description="DVC remote each data version is pushed to before training; null = the DVC default remote.")
 
     @field_validator("labels")
     @classmethod
@@ -53,6 +77,18 @@ class DataConfig(Strict):
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique")
         return labels
+
+    @field_validator("dir")
+    @classmethod
+    def _relative_dir(cls, value: str) -> str:
+        return relative_path(value)
+
+    @field_validator("version")
+    @classmethod
+    def _dir_hash(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{32}\.dir", value):
+            raise ValueError(f"{value!r} is not a DVC folder hash (32 hex digits + '.dir', as in data.dvc)")
+        return value
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataConfig:
@@ -225,6 +261,11 @@ class RunConfig(Strict):
         "fsspec URL such as s3://bucket/prefix."
     )
     schedule: ScheduleConfig
+
+    @field_validator("result_storage")
+    @classmethod
+    def _storage_inside(cls, value: str) -> str:
+        return value if "://" in value else relative_path(value)
 
     @model_validator(mode="after")
     def _known_instances(self) -> RunConfig:

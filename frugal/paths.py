@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from frugal.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = ROOT / "configs"
 
@@ -34,5 +36,18 @@ class ProjectPaths:
         """Scratch space: staged splits, checkpoints, variant models before they are logged."""
         return self.root / ".frugal"
 
+    @property
+    def datasets(self) -> Path:
+        """Every data version this machine has materialised, one folder per DVC hash (git-ignored)."""
+        return self.work / "datasets"
+
     def data(self, data_dir: str) -> Path:
-        return self.root / data_dir
+        return self.inside(data_dir, "data.dir")
+
+    def inside(self, relative: str, key: str) -> Path:
+        """`relative` under the project folder; a symlink out of it is a config error, since frugal renames and deletes there."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ConfigError(f"{key}={relative!r} leads outside the project folder {self.root} (to {path}).",
+                              f"Set {key} to a folder inside the project.")  # fmt: skip
+        return path

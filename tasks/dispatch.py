@@ -52,7 +52,7 @@ def result_storage(config: str, overrides: list[str], project_dir: str | None) -
 def storage_block(where: str, paths: ProjectPaths) -> Path | str:
     """A folder as a Path; a URL as a saved RemoteFileSystem block (Prefect only accepts saved blocks), by its slug."""
     if "://" not in where:
-        return Path(where) if Path(where).is_absolute() else paths.root / where
+        return Path(where) if Path(where).is_absolute() else paths.inside(where, "result_storage")
     from prefect.filesystems import RemoteFileSystem
 
     RemoteFileSystem(basepath=where).save(RESULTS_BLOCK, overwrite=True)

@@ -46,6 +46,11 @@ def client(cfg: RunConfig, paths: ProjectPaths) -> MlflowClient:
     return connect(tracking_uri(cfg, paths))
 
 
+def store_client(paths: ProjectPaths) -> MlflowClient:
+    """The project's store when no config is at hand: MLFLOW_TRACKING_URI, else the SQLite file in the project."""
+    return connect(_resolve_uri(None, paths))
+
+
 def connect(uri: str) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
@@ -106,7 +111,11 @@ def load_config_or_fail_run(config: str, overrides: list[str], paths: ProjectPat
     raw: dict[str, Any] = {}  # stays empty when the files themselves cannot be read
     try:
         raw = compose(config, overrides)
-        return validate_config(raw)
+        cfg = validate_config(raw)
+        paths.data(cfg.data.dir)  # both raise a ConfigError when the path (or a symlink on it) leads out of the project
+        if "://" not in cfg.result_storage:
+            paths.inside(cfg.result_storage, "result_storage")
+        return cfg
     except ConfigError as exc:
         _record_config_failure(config, overrides, raw, paths, exc)
         raise
@@ -142,7 +151,20 @@ def parent_run(cfg: RunConfig, paths: ProjectPaths, run_name: str | None = None)
         params = [Param(k, v[:6000]) for k, v in cfg.flat().items()]
         for start in range(0, len(params), 100):
             mlflow_client().log_batch(run_id, params=params[start : start + 100])
+        log_provenance(run_id, cfg)
         yield run_id
+
+
+def log_provenance(run_id: str, cfg: RunConfig) -> None:
+    """The resolved config and the provenance record (tasks/provenance.py): what `frugal reproduce` reads back."""
+    import yaml
+
+    from tasks import provenance
+
+    record = provenance.collect(cfg)
+    set_tags(run_id, provenance.tags(record))
+    log_json(run_id, record, provenance.PROVENANCE_ARTIFACT)
+    log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), provenance.CONFIG_ARTIFACT)
 
 
 def child_tags(parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:

@@ -89,3 +89,26 @@ def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://mlflow:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")
     assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://team-server:5000"
+
+
+@pytest.mark.parametrize("key", ["data.dir", "result_storage"])
+@pytest.mark.parametrize("value", ["../outside", "/tmp/elsewhere", "data/../../outside"])
+def test_a_path_frugal_writes_must_stay_in_the_project(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"bad value for '{key}'.*must be a path relative to the project folder"):
+        load_config("smoke", [f"{key}={value}"])
+
+
+def test_a_symlink_out_of_the_project_is_a_config_error(tmp_path: Path) -> None:
+    from frugal.paths import ProjectPaths
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "data").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ConfigError, match="data.dir='data' leads outside the project folder"):
+        ProjectPaths(tmp_path / "project").data("data")
+    assert ProjectPaths(tmp_path / "project").data("sub/data") == tmp_path / "project" / "sub" / "data"
+
+
+def test_data_version_must_be_a_dvc_folder_hash() -> None:
+    with pytest.raises(ConfigError, match="'data.version'.*not a DVC folder hash"):
+        load_config("smoke", ["data.version=abc"])
+    assert load_config("smoke", ["data.version=" + "a" * 32 + ".dir"]).data.version == "a" * 32 + ".dir"

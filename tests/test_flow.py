@@ -72,6 +72,27 @@ def test_smoke_pipeline_end_to_end(smoke_run, project: Path, tmp_path: Path) -> 
     assert version.run_id == smoke_run.run_id
 
 
+def test_parent_run_records_provenance(smoke_run, project: Path, tmp_path: Path) -> None:
+    """What reproducing a run needs, read back from MLflow and checked against independent sources."""
+    import json
+    import os
+
+    import torch
+
+    from frugal.config import load_config, validate_config
+
+    mlc = client(project)
+    tags = mlc.get_run(smoke_run.run_id).data.tags
+    assert tags["seed"] == "42" and tags["hw_cores"] == str(len(os.sched_getaffinity(0)))
+    assert tags["hw_gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    assert tags["data_pinned"] == "true"  # a fresh project: its first version becomes the pin
+    record = json.loads(Path(mlc.download_artifacts(smoke_run.run_id, "provenance.json", str(tmp_path))).read_text())
+    assert record["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0] and record["hardware"]["cpu"] == tags["hw_cpu"]
+    assert record["seeds"]["threads"] == {"finetune": 2, "evaluate": 2}
+    recorded = yaml.safe_load(Path(mlc.download_artifacts(smoke_run.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert validate_config(recorded) == load_config("smoke")
+
+
 def test_served_champion_predicts(smoke_run, project: Path) -> None:
     import mlflow.pyfunc
 
@@ -109,6 +130,8 @@ BAD_INPUTS = {
     "every row invalid": (["data.source=file", "data.path={tmp}/blank.csv"], DataError, "Every row was removed"),
     "model path missing": (["model.source=path", "model.name_or_path=/no/such/model"], ModelError, "does not exist"),
     "unknown config key": (["finetune.epochz=1"], ConfigError, "unknown config key 'finetune.epochz'"),
+    "data dir outside the project": (["data.dir=../../elsewhere"], ConfigError, "must be a path relative to the project folder"),
+    "unknown DVC remote": (["data.remote=nowhere"], DataError, "could not be pushed to the DVC remote 'nowhere'"),
 }
 
 
