@@ -40,7 +40,10 @@ def ensure_env() -> None:
     if not (3, 11) <= sys.version_info[:2] <= (3, 12):
         sys.exit(f"frugal needs Python 3.11 or 3.12; this is {sys.version.split()[0]}. Run dev.py with python3.11 or python3.12.")
     if not Path(bin_path("python")).exists():
-        sh(sys.executable, "-m", "venv", str(VENV))
+        try:
+            sh(sys.executable, "-m", "venv", str(VENV))
+        except subprocess.CalledProcessError:
+            sys.exit("Could not create .venv: this Python lacks venv/ensurepip (Debian/Ubuntu: apt install python3-venv).")
     torch = re.search(r"^torch==\S+", LOCK.read_text(), re.M)
     index = ["--index-url", os.environ["FRUGAL_TORCH_INDEX"]] if os.environ.get("FRUGAL_TORCH_INDEX") else []
     sh(bin_path("python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
