@@ -1,8 +1,9 @@
 """Scheduled retraining: the pipeline on the newest data, promoting the champion only if the challenger wins.
 
 `frugal deploy` registers this flow as `frugal-retrain/<config name>` with the config's
-`schedule.cron`. Each run reads the data source as it is now (prepare -> a new DVC data
-version when it changed), reuses every stage whose inputs did not change, re-measures the
+`schedule.cron`. Each run reads the data source, and the feedback `data.feedback` names
+(give it to `frugal deploy -s`), as they are now (prepare -> a new DVC data version when
+they changed), reuses every stage whose inputs did not change, re-measures the
 current champion on this run's test split and hardware, and applies the champion/challenger
 rule under the `frugal-promotion` concurrency limit (tasks/package.py: register). The
 decision and both scores are on the run's MLflow parent run.

@@ -43,6 +43,27 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--sort", metavar="KEY", help="column to sort by; descending: --sort=-KEY (default: -date, variant)")
     compare.add_argument("--where", action="append", default=[], metavar="EXPR", help="keep rows like macro_f1>=0.8 (= != < <= > >=)")
     compare.add_argument("--out", metavar="DIR", help="folder for compare.md and compare.html (default: <project>/.frugal/reports)")
+    feedback = sub.add_parser("feedback", help="stored API feedback as labelled data (data.feedback reads a database or an export)")
+    export = feedback.add_subparsers(dest="feedback_command", required=True).add_parser("export", help="write every feedback row to a file")
+    export.add_argument("--out", required=True, metavar="FILE", help="a .csv or .parquet file: columns text, label, created_at")
+    _serve_args(export)  # the database `frugal serve` writes feedback to
+    keys = sub.add_parser("keys", help="create, list and revoke API keys for `frugal serve`")
+    keys = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="make a key on a plan and print it (only this once)")
+    create.add_argument("--name", required=True, help="who the key is for, e.g. a customer name")
+    create.add_argument("--plan", required=True, help="a plan from configs/serve.yaml (plans:)")
+    listing = keys.add_parser("list", help="every key, with its plan and status")
+    revoke = keys.add_parser("revoke", help="revoke a key: its requests get 401 from then on")
+    revoke.add_argument("key_id", help="the key's id (fk_...), from `frugal keys list`")
+    usage = sub.add_parser("usage", help="requests, texts, cost, billed amount and margin per key for one month")
+    usage.add_argument("--month", default=None, metavar="YYYY-MM", help="the month (UTC; default: this month)")
+    for cmd in (create, listing, revoke, usage):
+        _serve_args(cmd)
+    serve = sub.add_parser("serve", help="serve the champion over HTTP: API keys, plans, metering, feedback, /metrics")
+    serve.add_argument("--serve-config", default="serve", help="serve config name under configs/ or a YAML path (default: serve)")
+    serve.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one serve setting, e.g. -s port=9000 (repeatable)")  # fmt: skip
+    serve.add_argument("--project-dir", default=None, help="where mlflow.db and serve.db live when the config leaves them null")
     return parser
 
 
@@ -173,8 +194,72 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from frugal.accounts.store import open_accounts
+    from tasks import feedback
+
+    store = open_accounts(args.serve_config, args.project_dir)  # migrated: a project that never served has "no feedback"
+    try:
+        frame = feedback.rows_frame(store.feedback_rows())
+    finally:
+        store.close()
+    feedback.write(frame, Path(args.out))
+    print(f"Wrote {len(frame)} feedback row(s) from {feedback.shown(str(store.url))} to {args.out}")
+    return 0
+
+
+def _serve_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--serve-config", default="serve", help="serve config name or YAML path (default: serve)")
+    cmd.add_argument("--project-dir", default=None, help="the project whose serve.db holds the keys when database_url is null "
+                     "(FRUGAL_DATABASE_URL overrides both)")  # fmt: skip
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from frugal.accounts.report import keys_table
+    from frugal.accounts.store import open_accounts
+
+    store = open_accounts(args.serve_config, args.project_dir)
+    if args.keys_command == "create":
+        plaintext, key = store.create_key(args.name, args.plan)
+        print(f"Created key {key.key_id} for {key.name!r} on plan {key.plan}. The key, shown only this once:\n{plaintext}")
+    elif args.keys_command == "revoke":
+        key = store.revoke(args.key_id)
+        print(f"Revoked key {key.key_id} ({key.name}) at {key.revoked_at:%Y-%m-%d %H:%M} UTC.")
+    else:
+        print(keys_table(store.list_keys()))
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from frugal.accounts.report import usage_table
+    from frugal.accounts.store import current_month, open_accounts
+
+    store = open_accounts(args.serve_config, args.project_dir)
+    month = args.month or current_month()
+    print(usage_table(store.usage(month), month))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from frugal.paths import ProjectPaths
+    from frugal.serve.app import create_app
+    from frugal.serve.settings import load_settings
+
+    settings = load_settings(args.serve_config, args.overrides)
+    app = create_app(settings, ProjectPaths.resolve(args.project_dir).root)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # model loads and reloads
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
 COMMANDS = {"run": _run, "show-config": _show_config, "doctor": _doctor, "deploy": _deploy, "worker": _worker, "reproduce": _reproduce,
-            "compare": _compare}  # fmt: skip
+            "compare": _compare, "feedback": _feedback, "keys": _keys, "usage": _usage, "serve": _serve}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

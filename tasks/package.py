@@ -36,6 +36,8 @@ _RUNTIMES = {
     "torch-int8": ("torch", "transformers", "safetensors", "tokenizers"),
     "hf-nf4": ("torch", "transformers", "safetensors", "tokenizers", "bitsandbytes", "accelerate"),
 }
+# The bundle's code (code/frugal/): the pyfunc, the runtime and the model folder format, which import only each other.
+SERVING_CODE = ("__init__.py", "serve_model.py", "pyfunc.py", "runtime.py", "modelio.py")
 
 
 class Bundle(Ref):
@@ -64,6 +66,17 @@ def requirements(fmt: str) -> list[str]:
     return [f"{name}=={md.version(name)}" for name in names]
 
 
+@contextlib.contextmanager
+def serving_code() -> Iterator[Path]:
+    """A `frugal` package holding only the leaf predict runtime: the bundle needs neither pydantic, yaml nor tasks/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "frugal"
+        package.mkdir()
+        for name in SERVING_CODE:
+            shutil.copy(ROOT / "frugal" / name, package / name)
+        yield package
+
+
 def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
     import mlflow.pyfunc
     from mlflow.models import infer_signature
@@ -71,15 +84,16 @@ def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
     manifest = Manifest.load(model_dir)
     example = pd.DataFrame({"text": sample_texts})
     output = pd.DataFrame({"label": ["x"] * len(sample_texts), **{f"p_{label}": [0.0] * len(sample_texts) for label in manifest.labels}})
-    mlflow.pyfunc.save_model(
-        path=str(out),
-        python_model=str(ROOT / "frugal" / "serve_model.py"),
-        artifacts={"model": str(model_dir)},
-        code_paths=[str(ROOT / "frugal")],
-        pip_requirements=requirements(manifest.format),
-        signature=infer_signature(example, output),
-        input_example=example,
-    )
+    with serving_code() as code:
+        mlflow.pyfunc.save_model(
+            path=str(out),
+            python_model=str(code / "serve_model.py"),
+            artifacts={"model": str(model_dir)},
+            code_paths=[str(code)],
+            pip_requirements=requirements(manifest.format),
+            signature=infer_signature(example, output),
+            input_example=example,
+        )
     return out
 
 

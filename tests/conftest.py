@@ -39,6 +39,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a running Docker daemon"))
 
 
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server for one test module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A fresh project folder per test module (its own MLflow store, DVC repo and caches)."""
+    return tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+
+
 @pytest.fixture(scope="session")
 def smoke_cfg() -> RunConfig:
     return load_config("smoke")

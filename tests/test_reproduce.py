@@ -6,7 +6,6 @@ Everything is real: a temporary Prefect server, a SQLite MLflow store, a DVC rep
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        project = tmp_path_factory.mktemp("repro") / "project"
-        project.mkdir()
-        yield project
-
-
-@pytest.fixture(scope="module")
-def original(project: Path) -> str:
+def original(prefect_server: None, project: Path) -> str:
     from flows.pipeline import run
 
     return run(config="smoke", project_dir=str(project)).run_id

@@ -1,0 +1,1 @@
+"""API keys, plans, metered usage and feedback for `frugal serve`, in SQLite or PostgreSQL (SQLAlchemy + Alembic)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for the accounts tables (run by `Accounts.migrate()`; no alembic.ini needed)."""

@@ -1,0 +1,274 @@
+"""The accounts store: the one interface the serving app and the CLI use.
+
+INTERFACE CONTRACT (the serving app codes against exactly this):
+
+    store = Accounts(url, plans)      # url: SQLAlchemy URL; plans: dict[str, frugal.serve.settings.Plan]
+    store.migrate()                   # alembic upgrade head (idempotent; safe from two processes)
+    plaintext, key = store.create_key(name="acme", plan="starter")   # plaintext shown once; only a hash is stored
+    store.list_keys() -> list[KeyInfo]
+    store.revoke(key_id) -> KeyInfo                       # unknown key_id -> AccountsError
+    store.authenticate(plaintext) -> KeyInfo | None       # None for unknown or revoked keys
+    store.admit(key, n_texts, now=None) -> Admission      # rate (per minute) and monthly quota; counts the request if admitted
+    store.record(key, request_id, texts, labels, model_version, cost_usd, now=None)  # usage + what was served (for feedback by id)
+    store.add_feedback(key, label, text=None, request_id=None, index=0) -> int        # unknown request id -> AccountsError
+    store.feedback_rows() -> list[FeedbackRow]            # (text, label, created_at, key_id)
+    store.usage(month="YYYY-MM" | None) -> list[UsageRow] # per key and month: requests, texts, cost_usd, billed_usd, margin_usd
+
+    KeyInfo(key_id: str, name: str, plan: str, created_at: datetime, revoked_at: datetime | None)
+    Admission(ok: bool, status: int, retry_after: int | None, reason: str | None)   # status 200 or 429
+        (also 401 for a key revoked since it authenticated, 403 for a key whose plan left configs/serve.yaml)
+
+Who counts what: `admit` counts the request and its texts (so concurrent requests cannot overrun the quota between
+check and count); `record` adds the money (cost_usd, billed_usd = plan price x texts / 1000) and keeps the served texts.
+Every `now` is an aware datetime (UTC or not); None means the current time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from math import ceil
+from pathlib import Path
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import sessionmaker
+
+from frugal.accounts import db
+from frugal.accounts.models import ApiKey, Feedback, MinuteRequests, MonthlyUsage, ServedText
+from frugal.errors import FrugalError
+from frugal.paths import ProjectPaths
+from frugal.serve.settings import Plan, ServeSettings, database_url, load_settings
+
+DATABASE_URL_ENV = "FRUGAL_DATABASE_URL"
+
+
+class AccountsError(FrugalError):
+    """A key, plan, request id or database the accounts store cannot use."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    name: str
+    plan: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    status: int
+    retry_after: int | None  # seconds, for the Retry-After header of a 429
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    text: str
+    label: str
+    created_at: datetime
+    key_id: str
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key_id: str
+    name: str
+    plan: str
+    month: str
+    requests: int
+    texts: int
+    cost_usd: float  # our compute cost
+    billed_usd: float  # what the plan charges
+    margin_usd: float  # billed - cost
+
+
+def url_for(settings: ServeSettings, project_root: Path) -> str:
+    """The one rule `frugal serve` and the CLI share: FRUGAL_DATABASE_URL, else serve.yaml's database_url, else <project>/serve.db."""
+    return os.environ.get(DATABASE_URL_ENV) or database_url(settings, project_root)
+
+
+def open_accounts(serve_config: str | Path = "serve", project_dir: str | Path | None = None) -> Accounts:
+    """The store as the CLI opens it: plans from the serve config, the URL by `url_for`, the schema at head."""
+    settings = load_settings(serve_config)
+    store = Accounts(url_for(settings, ProjectPaths.resolve(project_dir).root), settings.plans)
+    store.migrate()
+    return store
+
+
+class Accounts:
+    """API keys, plans, metered usage and feedback in one SQLite file or PostgreSQL database."""
+
+    def __init__(self, url: str, plans: Mapping[str, Plan]) -> None:
+        self.url = db.parse_url(url, AccountsError)
+        self.plans = dict(plans)
+        self.engine = db.make_engine(self.url, AccountsError)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, self.url, AccountsError)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def create_key(self, name: str, plan: str, now: datetime | None = None) -> tuple[str, KeyInfo]:
+        if plan not in self.plans:
+            known = ", ".join(sorted(self.plans))
+            raise AccountsError(f"Unknown plan {plan!r}.", f"Use one of {known}, or add the plan to the serve config (configs/serve.yaml).")
+        plaintext = secrets.token_urlsafe(32)
+        # 32 bits of key_id: a clash (about one in a billion at 100 keys) fails on the primary key, never overwrites.
+        row = ApiKey(key_id=f"fk_{secrets.token_hex(4)}", secret_sha256=_digest(plaintext), name=name, plan=plan, created_at=_utc(now))
+        with self._sessions.begin() as session:
+            session.add(row)
+        return plaintext, _info(row)
+
+    def list_keys(self) -> list[KeyInfo]:
+        with self._sessions() as session:
+            return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.key_id))]
+
+    def revoke(self, key_id: str, now: datetime | None = None) -> KeyInfo:
+        """Revoke a key; revoking it again keeps the first revocation time."""
+        with self._sessions.begin() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise AccountsError(f"No API key {key_id!r}.", "Run `frugal keys list` for the key ids (fk_...).")
+            if row.revoked_at is None:
+                row.revoked_at = _utc(now)
+            return _info(row)
+
+    def authenticate(self, plaintext: str) -> KeyInfo | None:
+        query = select(ApiKey).where(ApiKey.secret_sha256 == _digest(plaintext), ApiKey.revoked_at.is_(None))
+        with self._sessions() as session:
+            row = session.scalars(query).first()
+            return _info(row) if row else None
+
+    def admit(self, key: KeyInfo, n_texts: int, now: datetime | None = None) -> Admission:
+        """May this request run now? If so it is counted: one request this minute, one request and n_texts this month."""
+        now = _utc(now)
+        plan = self.plans.get(key.plan)
+        if plan is None:
+            return Admission(False, 403, None, f"Key {key.key_id} is on plan {key.plan!r}, which no longer exists; ask for a new key.")
+        minute, month = _minute(now), _month(now)
+        with self._sessions.begin() as session:
+            # Lock the key's row first, so concurrent admits of one key queue and check-then-count is one step
+            # (PostgreSQL: SELECT ... FOR UPDATE; SQLite ignores it, its BEGIN IMMEDIATE already lets one writer in).
+            row = session.scalars(select(ApiKey).where(ApiKey.key_id == key.key_id).with_for_update()).first()
+            if row is None or row.revoked_at is not None:
+                return Admission(False, 401, None, f"Key {key.key_id} has been revoked.")
+            this_minute = session.scalar(select(MinuteRequests.requests).filter_by(key_id=key.key_id, minute=minute)) or 0
+            if this_minute >= plan.requests_per_minute:
+                reason = f"Rate limit: {plan.requests_per_minute} requests per minute on plan {key.plan!r}."
+                return Admission(False, 429, _seconds_until((minute + 1) * 60, now), reason)
+            this_month = session.scalar(select(MonthlyUsage.texts).filter_by(key_id=key.key_id, month=month)) or 0
+            if this_month + n_texts > plan.texts_per_month:
+                reason = (f"Monthly quota: {this_month} of {plan.texts_per_month} texts used in {month} on plan {key.plan!r}; "
+                          f"this request has {n_texts}.")  # fmt: skip
+                return Admission(False, 429, _seconds_until(_next_month(now).timestamp(), now), reason)
+            db.increment(session, MinuteRequests, {"key_id": key.key_id, "minute": minute}, requests=1)
+            db.increment(session, MonthlyUsage, {"key_id": key.key_id, "month": month}, requests=1, texts=n_texts)
+            # Earlier minutes are never read again.
+            session.execute(delete(MinuteRequests).where(MinuteRequests.key_id == key.key_id, MinuteRequests.minute < minute))
+        return Admission(True, 200, None, None)
+
+    def record(
+        self, key: KeyInfo, request_id: str, texts: Sequence[str], labels: Sequence[str], model_version: str, cost_usd: float,
+        now: datetime | None = None,
+    ) -> None:  # fmt: skip
+        """After a request is answered: its cost and price go on the month's bill, its texts are kept for feedback by id."""
+        now = _utc(now)
+        plan = self.plans.get(key.plan)
+        billed = (plan.usd_per_1k_texts if plan else 0.0) * len(texts) / 1000
+        served = [
+            ServedText(request_id=request_id, index=i, key_id=key.key_id, text=t, label=label, model_version=model_version, created_at=now)
+            for i, (t, label) in enumerate(zip(texts, labels, strict=True))
+        ]
+        with self._sessions.begin() as session:
+            db.increment(session, MonthlyUsage, {"key_id": key.key_id, "month": _month(now)}, cost_usd=cost_usd, billed_usd=billed)
+            session.add_all(served)
+
+    def add_feedback(
+        self, key: KeyInfo, label: str, text: str | None = None, request_id: str | None = None, index: int = 0, now: datetime | None = None
+    ) -> int:
+        """Store a correct label for a text, given as is or as (request_id, index) of a request this key made; returns its id."""
+        with self._sessions.begin() as session:
+            if request_id is not None:
+                served = session.get(ServedText, (request_id, index))
+                if served is None or served.key_id != key.key_id:  # another key's request is as unknown as a made-up one
+                    raise AccountsError(f"No text {index} in a request {request_id!r} made with key {key.key_id}.",
+                                        "Cite a request_id (and index) this key got back, or send the text itself.")  # fmt: skip
+                text = served.text
+            elif text is None:
+                raise AccountsError("Feedback names neither a text nor a request_id.", "Send the text, or the request_id (and index).")
+            row = Feedback(key_id=key.key_id, request_id=request_id, index=index if request_id is not None else None, text=text,
+                           label=label, created_at=_utc(now))  # fmt: skip
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def feedback_rows(self) -> list[FeedbackRow]:
+        with self._sessions() as session:
+            rows = session.scalars(select(Feedback).order_by(Feedback.id))
+            return [FeedbackRow(r.text, r.label, r.created_at, r.key_id) for r in rows]
+
+    def usage(self, month: str | None = None) -> list[UsageRow]:
+        """Per key and month (every month when None), by month then key."""
+        query = (
+            select(MonthlyUsage, ApiKey.name, ApiKey.plan)
+            .join(ApiKey, ApiKey.key_id == MonthlyUsage.key_id)
+            .order_by(MonthlyUsage.month, MonthlyUsage.key_id)
+        )
+        if month is not None:
+            query = query.where(MonthlyUsage.month == _check_month(month))
+        with self._sessions() as session:
+            return [
+                UsageRow(u.key_id, name, plan, u.month, u.requests, u.texts, u.cost_usd, u.billed_usd, u.billed_usd - u.cost_usd)
+                for u, name, plan in session.execute(query)
+            ]
+
+
+def _digest(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.key_id, row.name, row.plan, row.created_at, row.revoked_at)
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError(f"naive datetime {now!r}: pass an aware time, e.g. datetime.now(UTC)")
+    return now.astimezone(UTC)
+
+
+def _minute(now: datetime) -> int:
+    return int(now.timestamp()) // 60
+
+
+def _month(now: datetime) -> str:
+    return now.strftime("%Y-%m")
+
+
+def _next_month(now: datetime) -> datetime:
+    return datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _seconds_until(then: float, now: datetime) -> int:
+    return max(1, ceil(then - now.timestamp()))
+
+
+def current_month(now: datetime | None = None) -> str:
+    return _month(_utc(now))
+
+
+def _check_month(month: str) -> str:
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise AccountsError(f"Month {month!r} is not YYYY-MM.", "Give a month like 2025-03.")
+    return month

@@ -1,0 +1,1 @@
+"""`frugal serve`: the champion behind an API with keys, plans, metering and feedback."""

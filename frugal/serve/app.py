@@ -1,0 +1,81 @@
+"""The serving app: `create_app(settings, project_root)` builds it; `frugal serve` runs it under uvicorn.
+
+Request path, outermost first: Observe (request id, metrics, last-resort 500) -> BodyLimit
+(413) -> FastAPI routes (401 key check, then the body's 422s, then 429 admission, then the
+model). Both middlewares are pure ASGI; nothing here uses BaseHTTPMiddleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from frugal import __version__
+from frugal.accounts.store import Accounts, url_for
+from frugal.serve import api
+from frugal.serve.errors import ApiError, api_error_response
+from frugal.serve.limits import BodyLimit
+from frugal.serve.metrics import Metrics, Observe
+from frugal.serve.model import Loaded, ModelHolder
+from frugal.serve.service import Service
+from frugal.serve.settings import ServeSettings
+from frugal.serve.source import source_for
+
+log = logging.getLogger(__name__)
+DESCRIPTION = """Classify texts with the registered champion. Every /v1 call needs an API key
+(`Authorization: Bearer <key>` or `X-API-Key`), is rate-limited and metered by the key's plan."""
+
+
+def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
+    """The app, its accounts schema migrated; the model loads in the background once it starts (GET /readyz)."""
+    store = Accounts(url_for(settings, project_root), settings.plans)
+    store.migrate()  # here rather than at startup: a bad database URL is one clear CLI error, not a uvicorn traceback
+    metrics = Metrics()
+    holder = ModelHolder(source_for(settings, project_root), settings.threads, settings.batch_size, settings.reload_seconds)
+    holder.on_swap = _count_swap(metrics)
+    service = Service(settings, holder, store, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        holder.start()
+        unhook = _on_sighup(holder.wake)
+        try:
+            yield
+        finally:
+            unhook()
+            holder.stop()
+            store.close()
+
+    app = FastAPI(title="frugal", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    app.include_router(api.router)
+    app.add_exception_handler(ApiError, api_error_response)
+    endpoints = frozenset(route.path for route in [*app.routes, *api.router.routes] if hasattr(route, "path"))  # /docs too
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics, endpoints=endpoints)  # added last: outermost
+    return app
+
+
+def _count_swap(metrics: Metrics) -> Callable[[Loaded], None]:
+    def swapped(_loaded: Loaded) -> None:
+        metrics.reloads.inc()
+        metrics.ready.set(1)
+
+    return swapped
+
+
+def _on_sighup(callback: Callable[[], None]) -> Callable[[], None]:
+    """SIGHUP wakes the reload check (`kill -HUP <pid>` after moving the alias); returns the undo."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, callback)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError):  # no SIGHUP (Windows) or not the main thread
+        log.info("SIGHUP does not trigger a reload here; the alias is still polled")
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)

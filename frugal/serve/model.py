@@ -1,0 +1,124 @@
+"""The served model and its hot reload.
+
+`ModelHolder.current` is the one reference requests read. A reload loads the new version
+beside the old one and then rebinds that reference in a single assignment: a request that
+already took the old model finishes on it, the next one gets the new model, none is dropped.
+A background thread checks the source every `reload_seconds`; SIGHUP (see app.py) wakes it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from frugal.modelio import TOKENIZER_DIR
+from frugal.runtime import Predictor, load_predictor
+from frugal.serve.source import Release, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Classified:
+    label: str
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+class Loaded:
+    """One loaded version: the runtime's predictor plus what the API reports about it."""
+
+    def __init__(self, release: Release, predictor: Predictor, batch_size: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.release, self.predictor, self.batch_size = release, predictor, batch_size
+        self.loaded_at = datetime.now(UTC)
+        # The runtime truncates silently; an untruncated twin of its tokenizer tells which texts lost tokens.
+        self._counter = Tokenizer.from_file(str(Path(predictor.model_dir) / TOKENIZER_DIR / "tokenizer.json"))
+        self._counter.no_truncation()
+        self._counter.no_padding()
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.predictor.labels)
+
+    def classify(self, texts: list[str]) -> list[Classified]:
+        proba = self.predictor.predict_proba(texts, self.batch_size)
+        truncated = self.truncated(texts)
+        labels = self.labels
+        return [
+            Classified(labels[int(np.argmax(row))], {label: float(p) for label, p in zip(labels, row, strict=True)}, cut)
+            for row, cut in zip(proba, truncated, strict=True)
+        ]
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        limit = self.predictor.manifest.max_length  # special tokens included, as the runtime counts them
+        return [len(e.ids) > limit for e in self._counter.encode_batch(texts)]
+
+    def cost_usd(self, n_texts: int) -> float:
+        """What serving n texts costs us at the variant's measured price; 0 when it is unknown (a folder source)."""
+        usd_per_1m = self.release.figures.get("usd_per_1m")
+        return n_texts / 1e6 * usd_per_1m if usd_per_1m is not None else 0.0
+
+
+class ModelHolder:
+    def __init__(self, source: Source, threads: int, batch_size: int, reload_seconds: float) -> None:
+        self.source, self.threads, self.batch_size, self.reload_seconds = source, threads, batch_size, reload_seconds
+        self.current: Loaded | None = None
+        self.last_error: str | None = None
+        self.on_swap: Callable[[Loaded], None] | None = None
+        self._check_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Load the source's current version if it is not the one served; True when a new model was swapped in."""
+        with self._check_lock:  # the poller and a SIGHUP never load the same version twice
+            version = self.source.current()
+            if self.current is not None and self.current.version == version:
+                return False
+            release = self.source.fetch(version)
+            loaded = Loaded(release, load_predictor(release.model_dir, threads=self.threads), self.batch_size)
+            old, self.current = self.current, loaded  # the swap: one reference assignment
+            self.last_error = None
+        log.info("Serving %s (version %s%s)%s", release.uri, version, f", {release.variant}" if release.variant else "",
+                 f", replacing version {old.version}" if old else "")  # fmt: skip
+        if self.on_swap:
+            self.on_swap(loaded)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll, name="frugal-model-reload", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Check now instead of at the next poll (SIGHUP)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception as exc:  # a registry hiccup or a broken new version: keep serving the old one, retry later
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("Model check of %s failed (still serving %s): %s", self.source.uri,
+                          self.current.version if self.current else "nothing", self.last_error)  # fmt: skip
+            self._wake.wait(self.reload_seconds)
+            self._wake.clear()

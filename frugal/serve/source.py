@@ -1,0 +1,147 @@
+"""Where the served model comes from: a registry alias (`models:/NAME@ALIAS`) or a folder, and its measured figures.
+
+A source answers two questions: which version is current (cheap, polled) and where that
+version's model folder is on this machine (a download at most once per version). Nothing is
+unpickled: the folder is loaded by `frugal.runtime`, never through `mlflow.pyfunc`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from frugal.errors import ConfigError
+from frugal.modelio import MANIFEST
+from frugal.serve.settings import ServeSettings
+
+# Where a pyfunc bundle (tasks/package.py) keeps the model folder; the same constant as tasks/store.py
+# BUNDLE_MODEL, repeated because frugal/ never imports tasks/.
+BUNDLE_MODEL = "artifacts/model"
+FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One loadable version: its identity, where its model folder is, and what evaluation measured for it."""
+
+    version: str
+    uri: str  # models:/NAME/VERSION, or the folder
+    model_dir: Path
+    variant: str | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    uri: str
+
+    def current(self) -> str:
+        """The version that should be served now."""
+
+    def fetch(self, version: str) -> Release:
+        """That version's model folder on this machine, and its figures."""
+
+
+def tracking_uri(settings: ServeSettings, project_root: Path) -> str:
+    """serve.yaml's tracking_uri, else MLFLOW_TRACKING_URI, else the project's SQLite store (as `frugal run` writes it)."""
+    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root / 'mlflow.db'}"
+
+
+def source_for(settings: ServeSettings, project_root: Path) -> Source:
+    if settings.model.startswith("models:/"):
+        return RegistrySource(settings.model, tracking_uri(settings, project_root), project_root / ".frugal" / "cache" / "registry")
+    return FolderSource(Path(settings.model).expanduser().resolve())
+
+
+class RegistrySource:
+    """`models:/NAME@ALIAS` (polled: the alias moves) or `models:/NAME/VERSION` (fixed)."""
+
+    def __init__(self, uri: str, tracking: str, cache: Path) -> None:
+        from mlflow import MlflowClient
+
+        rest = uri.removeprefix("models:/")
+        name, at, alias = rest.partition("@")
+        if not at:
+            name, _, alias = rest.rpartition("/")
+        if not name or not alias or (not at and not alias.isdigit()):
+            raise ConfigError(f"model={uri!r} is neither models:/NAME@ALIAS nor models:/NAME/VERSION.",
+                              "Set model to e.g. models:/frugal-default@champion, or to a bundle folder.")  # fmt: skip
+        self.uri, self.name, self.alias, self.pinned = uri, name, alias, not at
+        self.tracking, self.cache = tracking, cache
+        self.client = MlflowClient(tracking, tracking)
+
+    def current(self) -> str:
+        if self.pinned:
+            return self.alias
+        return str(self.client.get_model_version_by_alias(self.name, self.alias).version)
+
+    def fetch(self, version: str) -> Release:
+        found = self.client.get_model_version(self.name, version)
+        bundle = self._local(self.client.get_model_version_download_uri(self.name, version), version)
+        model_dir = bundle / BUNDLE_MODEL if (bundle / BUNDLE_MODEL).is_dir() else bundle
+        tags = found.tags or {}
+        return Release(str(version), f"models:/{self.name}/{version}", model_dir, tags.get("variant"), self._figures(tags))
+
+    def _local(self, artifact_uri: str, version: str) -> Path:
+        """The bundle in place when the artifact store is a local folder, else downloaded once into the project's cache."""
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
+            return Path(unquote(parsed.path))
+        cached = self.cache / self.name / version  # the layout tasks/store.py resolve() uses: measurement and serving share it
+        if cached.is_dir():
+            return cached
+        import mlflow.artifacts
+
+        tmp = self.cache / f".{uuid.uuid4().hex}"  # download beside the cache, then rename: never a half folder in it
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp), tracking_uri=self.tracking))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                got.rename(cached)
+            except OSError:  # another process cached it first
+                if not cached.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cached
+
+    def _figures(self, tags: dict[str, str]) -> dict[str, float | None]:
+        """The variant run's metrics (register tags the version with its variant_run_id); the version's own tags as fallback."""
+        metrics: dict[str, float] = {}
+        if tags.get("variant_run_id"):
+            metrics = self.client.get_run(tags["variant_run_id"]).data.metrics
+        return {name: metrics.get(name, _float(tags.get(name))) for name in FIGURES}
+
+
+class FolderSource:
+    """A bundle folder (package output) or a model folder. Its version is a fingerprint of its files, so SIGHUP after
+    replacing the folder's content loads the new model; a folder carries no measured figures."""
+
+    def __init__(self, folder: Path) -> None:
+        self.uri = str(folder)
+        self.model_dir = folder / BUNDLE_MODEL if (folder / BUNDLE_MODEL).is_dir() else folder
+        if not (self.model_dir / MANIFEST).is_file():
+            raise ConfigError(f"model={folder} is neither a registry URI nor a bundle or model folder (no {MANIFEST} found).",
+                              "Set model to models:/NAME@ALIAS, or to a folder that `frugal run` packaged.")  # fmt: skip
+
+    def current(self) -> str:
+        digest = hashlib.sha256((self.model_dir / MANIFEST).read_bytes())
+        for path in sorted(p for p in self.model_dir.iterdir() if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return f"local-{digest.hexdigest()[:12]}"
+
+    def fetch(self, version: str) -> Release:
+        return Release(version, self.uri, self.model_dir, figures=dict.fromkeys(FIGURES))
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
