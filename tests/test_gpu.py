@@ -25,7 +25,7 @@ def test_finetune_trains_on_cuda_with_bf16_autocast(smoke_cfg: RunConfig, smoke_
     cfg = shrink(smoke_cfg, finetune={"device": "cuda"})
     with tracking.parent_run(cfg, store, run_name="gpu-finetune") as run_id:
         ref = finetune.fn(smoke_splits.ref, cfg.model, cfg.finetune, cfg.data.labels, cfg.seed, store, run_id)
-    assert tracking.mlflow_client().get_run(ref.run_id).data.params["train_device"] == "cuda"
+    assert tracking.client(smoke_cfg, store).get_run(ref.run_id).data.params["train_device"] == "cuda"
 
 
 @pytest.mark.parametrize(("method", "options"), [("half", {"dtype": "float16"}), ("half", {"dtype": "bfloat16"}), ("nf4", {})])

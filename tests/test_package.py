@@ -71,7 +71,7 @@ def test_register_moves_the_alias_only_for_a_better_champion(
 ) -> None:
     """The incumbent is re-measured in each run; the challenger here claims a cost, so the test sets it either side."""
     cfg = smoke_cfg.model_copy(update={"tracking": smoke_cfg.tracking.model_copy(update={"registered_model": "frugal-unit-registry"})})
-    client, data = tracking.mlflow_client(), smoke_splits.ref
+    client, data = tracking.client(smoke_cfg, store), smoke_splits.ref
     with tracking.parent_run(cfg, store, run_name="first") as run_id:
         first = register.fn(package.fn(selection, variants(baseline), data, cfg, store, run_id), selection, data, cfg, store, run_id)
     assert first.promoted and str(client.get_model_version_by_alias("frugal-unit-registry", ALIAS).version) == first.version

@@ -11,23 +11,29 @@ from helpers import shrink
 
 from frugal.config import RunConfig
 from frugal.modelio import Manifest, count_params, load_torch
+from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize
+from tasks import tracking
 from tasks.modeling import load_pretrained
-from tasks.tracking import mlflow_client
 from tasks.training import _epoch_batches, train
 
 
-def test_finetune_logs_the_baseline_run(baseline: Variant, smoke_cfg: RunConfig) -> None:
-    run = mlflow_client().get_run(baseline.run_id)
+def store_client(smoke_cfg: RunConfig, store: ProjectPaths):  # noqa: ANN201
+    """The unit-test store's client (another module may have pointed MLflow's process-wide store elsewhere)."""
+    return tracking.client(smoke_cfg, store)
+
+
+def test_finetune_logs_the_baseline_run(baseline: Variant, smoke_cfg: RunConfig, store: ProjectPaths) -> None:
+    run = store_client(smoke_cfg, store).get_run(baseline.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["kind"] == "step" and run.data.tags["step"] == "finetune"
     assert {"best_val_macro_f1", "train_seconds", "train_usd", "val_macro_f1"} <= set(run.data.metrics)
     assert Manifest.load(baseline.model_dir).format == "hf"
-    assert any(a.path == "model" for a in mlflow_client().list_artifacts(baseline.run_id))
+    assert any(a.path == "model" for a in store_client(smoke_cfg, store).list_artifacts(baseline.run_id))
 
 
-def test_finetuned_model_beats_chance(baseline: Variant) -> None:
-    assert mlflow_client().get_run(baseline.run_id).data.metrics["best_val_macro_f1"] > 0.34
+def test_finetuned_model_beats_chance(baseline: Variant, smoke_cfg: RunConfig, store: ProjectPaths) -> None:
+    assert store_client(smoke_cfg, store).get_run(baseline.run_id).data.metrics["best_val_macro_f1"] > 0.34
 
 
 def test_batches_cover_every_row_once_per_epoch_and_repeat_with_the_seed() -> None:
