@@ -2,13 +2,14 @@
 
 The bundle depends on the lightest runtime that serves the champion: an ONNX champion needs
 onnxruntime + tokenizers only, a PyTorch one needs torch + transformers. `mlflow models
-serve -m models:/<name>@champion` serves it; docker/serve.Dockerfile builds an image of it.
+serve -m models:/<name>@champion` serves it, and so does `frugal serve`; docker/build-serve.sh builds an image of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import json
 import logging
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ _RUNTIMES = {
     "hf-nf4": ("torch", "transformers", "safetensors", "tokenizers", "bitsandbytes", "accelerate"),
 }
 # The bundle's code (code/frugal/): the pyfunc, the runtime and the model folder format, which import only each other.
+SERVING_FIGURES = "serving.json"  # the champion's variant and measured metrics, read by frugal/serve/source.py
 SERVING_CODE = ("__init__.py", "serve_model.py", "pyfunc.py", "runtime.py", "modelio.py")
 
 
@@ -106,7 +108,9 @@ def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: R
     with tempfile.TemporaryDirectory() as tmp:
         sample = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["text"][:2])
         bundle = build_bundle(model_dir, Path(tmp) / BUNDLE, sample)
-        shutil.copy(ROOT / "docker" / "serve.Dockerfile", bundle / "Dockerfile")
+        # What evaluation measured travels with the bundle: served from a folder (the image), requests are still metered.
+        figures = {"variant": champion.name, "parent_run": parent_run, "metrics": selection.champion.metrics}
+        (bundle / SERVING_FIGURES).write_text(json.dumps(figures, indent=2))
         tracking.log_dir(parent_run, bundle, BUNDLE)
     log.info("Packaged %s (%s runtime) as runs:/%s/%s", champion.name, fmt, parent_run, BUNDLE)
     return Bundle(uri=f"runs:/{parent_run}/{BUNDLE}", variant=champion.name, model_uri=champion.model.uri, runtime=_RUNTIMES[fmt])

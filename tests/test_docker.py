@@ -9,6 +9,10 @@ with a stack or server already running here nor touches its volumes; every conta
 network it creates is removed when the module's tests are done. Builds happen in a temporary
 folder, never in the work tree. With the images built, the module takes a few minutes; the first
 build of the worker image several more, and of the Debian base image (root only) one more.
+
+The serving image (docker/serve.Dockerfile) is built from a smoke run's ONNX champion, started on a
+loopback port, and asked for predictions with a key made inside the container. One test needs no
+Docker: the image's requirements pin the lock's versions.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,13 +33,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# Tests that need the daemon are marked docker (skipped without one, see conftest) and slow; the pin check needs neither.
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
+LOCK = REPO / "requirements" / "lock.txt"
 BASE_IMAGE = "frugal/debian-bookworm:local"
 GPU_BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"  # build-images.sh's default
+SERVE_IMAGE = "frugal/serve:test"
+# The seeds of every venv, not installed from the lock.
+VENV_SEEDS = {"pip", "setuptools"}
 STACK = ["prefect-db", "prefect-server", "mlflow-db", "s3", "s3-init", "mlflow", "worker-cpu"]
 RESULT_STORAGE = yaml.safe_load((REPO / "configs" / "team.yaml").read_text())["result_storage"]
 
@@ -114,6 +123,8 @@ def _published_ports(service: dict) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_compose_file_validates_and_publishes_on_loopback_only(compose: list[str]) -> None:
     for extra in ([], ["-f", str(DOCKER_DIR / "compose.minio.yaml")]):
         for profile in ([], ["--profile", "gpu"]):
@@ -177,6 +188,13 @@ def _remove_project(compose: list[str], project: str, env: dict[str, str]) -> No
             _run(["docker", *rm.split(), *ids], 120)
 
 
+def _need_base_image() -> None:
+    """Skip unless the Debian base image exists or can be built here (the build scripts build it when missing)."""
+    if _run(["docker", "image", "inspect", BASE_IMAGE], 60).returncode != 0:
+        if os.geteuid() != 0 or not shutil.which("debootstrap"):
+            pytest.skip(f"{BASE_IMAGE} is missing and building it needs root and debootstrap: run sudo docker/base-image.sh")
+
+
 @dataclass
 class Stack:
     compose: list[str]  # `docker compose -p <project> -f docker/compose.yaml`
@@ -192,9 +210,7 @@ class Stack:
 def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Builds the images (cached layers make a rebuild seconds), starts the stack on free loopback
     ports, waits for both servers and the CPU worker's pool; removes it all afterwards."""
-    if _run(["docker", "image", "inspect", BASE_IMAGE], 60).returncode != 0:
-        if os.geteuid() != 0 or not shutil.which("debootstrap"):
-            pytest.skip(f"{BASE_IMAGE} is missing and building it needs root and debootstrap: run sudo docker/base-image.sh")
+    _need_base_image()
     before = _untracked()
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -242,6 +258,8 @@ def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert _untracked() <= before, "the test left files in the work tree"
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_stack_runs_a_flow_on_the_cpu_worker(stack: Stack) -> None:
     worker = stack("ps", "-q", "worker-cpu").stdout.strip()
     check = _run(["docker", "exec", "-i", worker, "python", "-", RESULT_STORAGE], 360, input=IN_WORKER)
@@ -251,6 +269,8 @@ def test_stack_runs_a_flow_on_the_cpu_worker(stack: Stack) -> None:
         assert json.load(resp)["experiment"]["name"] == "stack-check"
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "flows" / "deploy.py").exists(), reason="flows/deploy.py not present yet (frugal deploy / frugal worker)")
 def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
     """`frugal deploy`, then the smoke pipeline in workers mode with every remote step on the CPU
@@ -282,6 +302,8 @@ def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
     print(f"smoke on the workers: deploy {deploy_s:.0f} s, run {run_s:.0f} s, {len(ran_on_pool)} step flow runs on frugal-cpu")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_gpu_worker_image_builds(tmp_path: Path) -> None:
     """The GPU image starts FROM a CUDA image on Docker Hub; it builds where that image is present."""
     base = os.environ.get("FRUGAL_GPU_BASE", GPU_BASE_IMAGE)
@@ -292,3 +314,86 @@ def test_gpu_worker_image_builds(tmp_path: Path) -> None:
     probe = "import torch, frugal; print(torch.version.cuda)"
     done = _run(["docker", "run", "--rm", "frugal/worker-gpu:local", "python", "-c", probe], 300)
     assert done.returncode == 0 and done.stdout.strip() not in ("", "None"), _tail(done)
+
+
+def _pins(text: str) -> dict[str, str]:
+    """name -> version of each `name==version` line, names normalised as pip compares them."""
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    pairs = (line.split("==") for line in lines if "==" in line)
+    return {name.strip().lower().replace("_", "-"): version.strip() for name, version in pairs}
+
+
+def test_serve_image_requirements_pin_the_locks_versions() -> None:
+    serve, lock = _pins((DOCKER_DIR / "serve-requirements.txt").read_text()), _pins(LOCK.read_text())
+    assert {"onnxruntime", "tokenizers", "fastapi", "uvicorn", "sqlalchemy", "alembic"} <= set(serve)
+    assert {name: (version, lock.get(name)) for name, version in serve.items() if lock.get(name) != version} == {}
+    assert not {"torch", "transformers", "mlflow"} & set(serve), "the serving image must stay without the training stack"
+
+
+@pytest.fixture(scope="module")
+def onnx_champion(prefect_server: None, project: Path) -> Path:
+    """The project (conftest) whose registry holds a smoke run's champion: an ONNX model, the only variant (as in tests/test_serve.py)."""
+    from flows.pipeline import run
+
+    run(config="smoke", overrides=["compress.variants={onnx-int8: {method: onnx_int8}}", "finetune.epochs=2"], project_dir=str(project))
+    return project
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_serve_image_answers_predictions_without_torch(onnx_champion: Path, tmp_path: Path) -> None:
+    """docker/build-serve.sh builds the image from models:/frugal-smoke@champion; in a container on a loopback port a key made
+    with `frugal keys create` inside it gets the bundle's own predictions; torch is not importable and every package in the
+    image has the lock's version."""
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from frugal.runtime import load_predictor
+
+    _need_base_image()
+    before = _untracked()
+    registry = f"sqlite:///{onnx_champion / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "FRUGAL_SERVE_IMAGE": SERVE_IMAGE, "PYTHON": sys.executable}
+    env["TMPDIR"] = str(tmp_path)  # the build context, outside the work tree
+    t = time.monotonic()
+    built = _run([str(DOCKER_DIR / "build-serve.sh"), "models:/frugal-smoke@champion"], 1800, env=env)
+    build_s = time.monotonic() - t
+    assert built.returncode == 0, _tail(built)
+    size = int(_run(["docker", "image", "inspect", "--format", "{{.Size}}", SERVE_IMAGE], 60).stdout)
+    assert size < 700e6, f"{size / 1e6:.0f} MB: something heavy (torch alone is ~750 MB installed) got into the image"
+
+    name, port = f"frugal-serve-test-{os.getpid()}", _free_port()
+    started = _run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", SERVE_IMAGE], 120)
+    assert started.returncode == 0, _tail(started)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", time.monotonic() + 120)
+        created = _run(["docker", "exec", name, "frugal", "keys", "create", "--name", "test", "--plan", "pro"], 120)
+        assert created.returncode == 0, _tail(created)
+        texts = ["driverless cars are great", "never getting in one", "the bus was late again", "ok"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/predict", data=json.dumps({"texts": texts}).encode(),
+            headers={"Authorization": f"Bearer {created.stdout.split()[-1]}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            predictions = json.load(resp)["predictions"]
+        client = MlflowClient(registry, registry)
+        version = client.get_model_version_by_alias("frugal-smoke", "champion").version
+        bundle = Path(client.get_model_version_download_uri("frugal-smoke", version).removeprefix("file://"))
+        predictor = load_predictor(bundle / "artifacts" / "model")
+        got = np.array([[p["probabilities"][label] for label in predictor.labels] for p in predictions])
+        np.testing.assert_allclose(got, predictor.predict_proba(texts), rtol=1e-4, atol=1e-5)
+        assert [p["label"] for p in predictions] == predictor.predict(texts)
+
+        probe = _run(["docker", "exec", name, "python", "-c", "import torch"], 60)
+        assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr, _tail(probe)
+        frozen = _run(["docker", "exec", name, "pip", "list", "--format=freeze"], 60)
+        installed = {k: v for k, v in _pins(frozen.stdout).items() if k not in VENV_SEEDS}
+        lock = _pins(LOCK.read_text())
+        assert installed and {k: (v, lock.get(k)) for k, v in installed.items() if lock.get(k) != v} == {}
+    except BaseException:
+        print(_tail(_run(["docker", "logs", "--tail", "60", name], 60)))
+        raise
+    finally:
+        _run(["docker", "rm", "-f", "-v", name], 120)
+    assert _untracked() <= before, "the build left files in the work tree"
+    print(f"serve image: built in {build_s:.0f} s, {size / 1e6:.0f} MB")

@@ -373,6 +373,18 @@ def test_keys_quotas_and_sighup_reload_across_a_restart(accounts: Accounts, proj
         second.stop()
 
 
+def test_a_bundle_folder_carries_its_measured_figures(server: Server, project: Path) -> None:
+    """Served from a folder (the image does), the champion is still metered with the usd_per_1m evaluation measured."""
+    from frugal.serve.source import FolderSource
+
+    client = registry(project)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    bundle = Path(client.get_model_version_download_uri(NAME, version.version).removeprefix("file://"))
+    release = FolderSource(bundle).fetch("v")
+    metrics = client.get_run(version.tags["variant_run_id"]).data.metrics
+    assert release.variant == version.tags["variant"] and release.figures["usd_per_1m"] == metrics["usd_per_1m"]
+
+
 def test_the_bundle_carries_only_the_leaf_runtime_and_serves_from_it(server: Server, project: Path, tmp_path: Path) -> None:
     """The registered bundle loads and predicts in a fresh process with only its own code/ for `frugal`."""
     from tasks.package import SERVING_CODE

@@ -8,6 +8,7 @@ unpickled: the folder is loaded by `frugal.runtime`, never through `mlflow.pyfun
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -120,7 +121,7 @@ class RegistrySource:
 
 class FolderSource:
     """A bundle folder (package output) or a model folder. Its version is a fingerprint of its files, so SIGHUP after
-    replacing the folder's content loads the new model; a folder carries no measured figures."""
+    replacing the folder's content loads the new model; a bundle's serving.json gives the measured figures."""
 
     def __init__(self, folder: Path) -> None:
         self.uri = str(folder)
@@ -137,7 +138,13 @@ class FolderSource:
         return f"local-{digest.hexdigest()[:12]}"
 
     def fetch(self, version: str) -> Release:
-        return Release(version, self.uri, self.model_dir, figures=dict.fromkeys(FIGURES))
+        """A bundle carries the figures evaluation measured (serving.json, written by the package step); a bare model folder none."""
+        recorded = Path(self.uri) / "serving.json"
+        if not recorded.is_file():
+            return Release(version, self.uri, self.model_dir, figures=dict.fromkeys(FIGURES))
+        data = json.loads(recorded.read_text())
+        figures = {name: _float(str(data["metrics"][name])) if name in data["metrics"] else None for name in FIGURES}
+        return Release(version, self.uri, self.model_dir, variant=data.get("variant"), figures=figures)
 
 
 def _float(value: str | None) -> float | None:
