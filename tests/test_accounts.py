@@ -50,7 +50,10 @@ def _pg(folder: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             shutil.chown(folder, "postgres")
         except LookupError:
             pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as")
-        run_as = ["runuser", "-u", "postgres", "--"]
+        runuser = shutil.which("runuser") or next((p for p in ("/usr/sbin/runuser", "/sbin/runuser") if Path(p).exists()), None)
+        if runuser is None:
+            pytest.skip("running as root, and there is no `runuser` to run PostgreSQL as the postgres user")
+        run_as = [runuser, "-u", "postgres", "--"]
     bindir = Path(found[-1]).parent
     return lambda tool, *args: subprocess.run([*run_as, bindir / tool, *map(str, args)], capture_output=True, text=True)
 
