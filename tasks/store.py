@@ -7,11 +7,10 @@ one in a remote store (S3, a tracking server) is downloaded once into the local 
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from frugal.fetch import fetch_once
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.common import DataRef, ModelRef
@@ -29,21 +28,12 @@ def resolve(model_uri: str, paths: ProjectPaths) -> Path:
     name, _, version = model_uri.removeprefix("models:/").rpartition("/")
     if not model_uri.startswith("models:/") or not version.isdigit():
         raise ValueError(f"{model_uri!r} is not runs:/<run>/<path> or models:/<name>/<version> (aliases move; give the version)")
-    cached = paths.work / "cache" / "registry" / name / version
-    if not cached.exists():
-        import mlflow.artifacts
+    import mlflow.artifacts
 
-        tmp = paths.work / "cache" / f".{uuid.uuid4().hex}"
-        try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp)))
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                got.rename(cached)
-            except OSError:  # another process cached it first
-                if not cached.exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    def download(tmp: Path) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp)))
+
+    cached = fetch_once(paths.work / "cache" / "registry" / name / version, paths.work / "cache", download)
     return cached / BUNDLE_MODEL
 
 
@@ -77,19 +67,4 @@ def local(run_id: str, artifact: str, paths: ProjectPaths) -> Path:
         in_place = Path(unquote(parsed.path)) / artifact
         if in_place.exists():
             return in_place
-    cached = paths.work / "cache" / run_id / artifact
-    if cached.exists():
-        return cached
-    # Download next to the cache and rename: a crash mid-download never leaves a partial folder in it.
-    tmp = paths.work / "cache" / f".{uuid.uuid4().hex}"
-    try:
-        got = tracking.download(run_id, artifact, tmp)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            got.rename(cached)
-        except OSError:  # another process cached it first
-            if not cached.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cached
+    return fetch_once(paths.work / "cache" / run_id / artifact, paths.work / "cache", lambda tmp: tracking.download(run_id, artifact, tmp))

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from frugal.errors import ConfigError
+from frugal.fetch import fetch_once
 from frugal.modelio import MANIFEST
 from frugal.serve.settings import ServeSettings
 
@@ -93,23 +92,13 @@ class RegistrySource:
         parsed = urlparse(artifact_uri)
         if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
             return Path(unquote(parsed.path))
-        cached = self.cache / self.name / version  # the layout tasks/store.py resolve() uses: measurement and serving share it
-        if cached.is_dir():
-            return cached
         import mlflow.artifacts
 
-        tmp = self.cache / f".{uuid.uuid4().hex}"  # download beside the cache, then rename: never a half folder in it
-        try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp), tracking_uri=self.tracking))
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                got.rename(cached)
-            except OSError:  # another process cached it first
-                if not cached.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cached
+        def download(tmp: Path) -> Path:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp), tracking_uri=self.tracking))
+
+        # The layout tasks/store.py uses: measurement and serving share the cache.
+        return fetch_once(self.cache / self.name / version, self.cache, download)
 
     def _figures(self, tags: dict[str, str]) -> dict[str, float | None]:
         """The variant run's metrics (register tags the version with its variant_run_id); the version's own tags as fallback."""
