@@ -215,6 +215,10 @@ class EvaluateConfig(Strict):
     threads: int = Field(gt=0, description="CPU threads every variant is measured with.")
     warmup_batches: int = Field(ge=0, description="Untimed batches before timing starts.")
     latency_samples: int = Field(gt=0, description="Test texts timed one by one for latency p50/p95.")
+    passes: int = Field(ge=1, description="Timed passes over the test split; throughput is their median, their spread is logged.")
+    arrival_order: bool = Field(
+        description="Also time each pass in arrival-order batches (interleaved), to report what length-ordered batching gains."
+    )
     instance: str = Field(description="Instance type in hardware.yaml that prices serving.")
 
 

@@ -37,6 +37,8 @@ def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) ->
         "threads": cfg.threads,
         "warmup_batches": cfg.warmup_batches,
         "latency_samples": cfg.latency_samples,
+        "passes": cfg.passes,
+        "arrival_order": cfg.arrival_order,
         "device": cfg.device,
     }
     threads = str(cfg.threads)
