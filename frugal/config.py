@@ -136,10 +136,23 @@ class ModelConfig(Strict):
     name_or_path: str | None = Field(description="Folder (source=path) or hub id (source=hub).")
     revision: str | None = Field(description="Hub revision (commit, tag or branch) for source=hub.")
     trust_remote_code: dict[str, str] = Field(
-        description="Allowlist of hub ids whose own code may run, each mapped to the pinned revision."
+        description="Allowlist of hub ids whose own code may run, each mapped to the full 40-hex commit hash it is pinned to."
     )
     max_length: int = Field(gt=0, description="Texts are truncated to this many tokens.")
     tiny: TinyModelConfig
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _pinned_to_commits(cls, pins: dict[str, str]) -> dict[str, str]:
+        # A branch or tag can be moved to new code after review, and a short hash can come to match a second
+        # commit; only the full commit hash names exactly the code that was read and allowed to run.
+        for hub_id, revision in pins.items():
+            if not re.fullmatch(r"[0-9a-f]{40}", revision):
+                raise ValueError(
+                    f"{hub_id} is pinned to {revision!r}, not a commit: pin the full 40-character lowercase hex commit hash "
+                    "of the reviewed code (the hub page's commit history shows it), not a branch, tag or short hash"
+                )
+        return pins
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelConfig:

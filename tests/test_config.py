@@ -112,3 +112,25 @@ def test_data_version_must_be_a_dvc_folder_hash() -> None:
     with pytest.raises(ConfigError, match="'data.version'.*not a DVC folder hash"):
         load_config("smoke", ["data.version=abc"])
     assert load_config("smoke", ["data.version=" + "a" * 32 + ".dir"]).data.version == "a" * 32 + ".dir"
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "abc1234", "0123456789ABCDEF0123456789ABCDEF01234567", COMMIT + "8"])
+def test_remote_code_must_be_pinned_to_a_full_commit_hash(revision: str) -> None:
+    """A branch, tag or short hash can come to name other code than the one reviewed."""
+    with pytest.raises(ConfigError, match=rf"'model\.trust_remote_code'.*org/model is pinned to '{revision}'.*full 40-character"):
+        load_config("smoke", [f"model.trust_remote_code={{org/model: {revision}}}"])
+
+
+def test_a_full_commit_pin_is_accepted_and_lets_that_commit_run_its_code() -> None:
+    from frugal.errors import ModelError
+    from tasks.modeling import _source, check_source
+
+    hub = ["model.source=hub", "model.name_or_path=org/model", f"model.trust_remote_code={{org/model: {COMMIT}}}"]
+    cfg = load_config("smoke", [*hub, f"model.revision={COMMIT}"])
+    assert cfg.model.trust_remote_code == {"org/model": COMMIT}
+    assert _source(cfg.model) == ("org/model", {"revision": COMMIT, "trust_remote_code": True})
+    with pytest.raises(ModelError, match=f"only at revision {COMMIT}"):
+        check_source(load_config("smoke", [*hub, "model.revision=main"]).model)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from frugal.errors import SkipVariant
+from frugal.hardware import cpu_flags, cpu_name
 from frugal.modelio import count_params, load_torch
 from tasks.compress._common import require_format
 from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
@@ -15,23 +16,21 @@ from tasks.compress.base import CompressContext, MethodOptions, StepReport, Torc
 
 class HalfOptions(MethodOptions):
     dtype: Literal["float16", "bfloat16"] = Field(
-        "bfloat16", description="float16 needs CUDA; bfloat16 runs on CUDA or on CPUs with AVX512-BF16/AMX."
+        "bfloat16", description="Runs on CUDA; on CPU, float16 needs AVX512-FP16 or AMX-FP16 and bfloat16 AVX512-BF16 or AMX-BF16."
     )
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+# Any one of these flags gives the CPU native matmul kernels for the dtype (oneDNN uses them);
+# without one, PyTorch emulates the dtype in fp32 and the variant is slower than the baseline.
+CPU_FLAGS = {"float16": ("avx512_fp16", "amx_fp16"), "bfloat16": ("avx512_bf16", "amx_bf16")}
 
 
-def unsupported(dtype: str, device: str) -> str | None:
-    """Why `dtype` cannot be served fast on `device`, or None when it can."""
+def unsupported(dtype: str, device: str, flags: set[str] | None = None) -> str | None:
+    """Why `dtype` cannot be served fast on `device`, or None when it can.
+
+    `flags` are the CPU's /proc/cpuinfo flags (default: this machine's), so the rule can be
+    checked for a CPU other than the one running it.
+    """
     import torch
 
     if device == "cuda":
@@ -40,11 +39,14 @@ def unsupported(dtype: str, device: str) -> str | None:
         if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
             return "this GPU has no bfloat16 support"
         return None
-    if dtype == "float16":
-        return "float16 has no native matmul kernels on this CPU (no AVX512-FP16/AMX-FP16); it needs a CUDA serving device"
-    if not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
-        return "bfloat16 needs a CPU with AVX512-BF16 or AMX (not found in /proc/cpuinfo) or a CUDA serving device"
-    return None
+    needed = CPU_FLAGS[dtype]
+    if set(needed) & (cpu_flags() if flags is None else flags):
+        return None
+    which = f" ({cpu_name()})" if flags is None else ""  # given flags may be another CPU's
+    return (
+        f"{dtype} has no native matmul kernels on this CPU{which}: its /proc/cpuinfo flags have neither "
+        f"{' nor '.join(needed)}; serve on a CPU with one of them or on a CUDA device"
+    )
 
 
 @register
