@@ -4,8 +4,10 @@
     python benchmarks/compression.py -c smoke        # the same report on the tiny config, ~2 min
 
 Targets (champion vs the fine-tuned fp32 baseline served by PyTorch eager, same test split,
-same machine): >= 5x lower usd_per_1m, >= 4x smaller on disk, >= 99% of the baseline macro-F1.
-Writes a Markdown report (table, targets, machine) and prints it.
+same machine): >= 10x lower usd_per_1m, >= 6x smaller on disk, >= 99% of the baseline macro-F1,
+and the worst of the interleaved baseline/champion throughput ratios still >= 8x.
+Writes a Markdown report (table, targets, >= 99 % frontier with and without cascades,
+interleaved passes, machine and its CPU features) and prints it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,70 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = (("usd_per_1m", "lower cost", 5.0), ("model_size_mb", "smaller on disk", 4.0))
+TARGETS = (("usd_per_1m", "lower cost", 10.0), ("model_size_mb", "smaller on disk", 6.0))
 MIN_F1_RETAINED = 0.99
+MIN_WORST_RATIO = 8.0
+INTERLEAVED_PAIRS = 5  # baseline, champion, baseline, ... : both see the same machine noise
+CPU_FEATURES = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16", "amx_fp16")
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    lines = open("/proc/cpuinfo").read().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    features = ", ".join(f for f in CPU_FEATURES if f in flags) or "none of " + "/".join(CPU_FEATURES)
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu} (features: {features}), {os.cpu_count()} cores, {system}"
+
+
+def variant_runs(parent_run: str) -> dict[str, object]:
+    """The measured variant runs of a pipeline run, by variant name."""
+    from tasks.tracking import mlflow_client
+
+    mlc = mlflow_client()
+    runs = mlc.search_runs(
+        [mlc.get_run(parent_run).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run}' and tags.kind = 'variant'"
+    )
+    return {r.data.tags["variant"]: r for r in runs if "macro_f1" in r.data.metrics}
+
+
+def frontier_99(runs: dict[str, object], baseline_f1: float, exclude: set[str]) -> str:
+    """Variants keeping >= 99 % of the baseline's macro-F1 that no cheaper one beats on quality, cheapest first."""
+    kept = [(n, r.data.metrics) for n, r in runs.items() if n not in exclude]
+    good = sorted(((n, m) for n, m in kept if m["macro_f1"] >= MIN_F1_RETAINED * baseline_f1), key=lambda item: item[1]["usd_per_1m"])
+    best_f1, front = -1.0, []
+    for name, m in good:
+        if m["macro_f1"] > best_f1:
+            best_f1 = m["macro_f1"]
+            front.append(f"{name} ({m['cost_ratio_vs_baseline'] ** -1:.2f}x cheaper, {100 * m['f1_retained']:.2f} %)")
+    return " -> ".join(front) or "(none)"
+
+
+def interleaved(baseline_dir: Path, champion_dir: Path, test: Path, cfg) -> list[tuple[float, float]]:
+    """Alternate single-pass measurements of baseline and champion, each in a fresh process; (baseline, champion) texts/s."""
+    from tasks.evaluate import run_measurement
+
+    one_pass = cfg.model_copy(update={"passes": 1, "arrival_order": False, "latency_samples": 1})
+    pairs = []
+    for _ in range(INTERLEAVED_PAIRS):
+        base = run_measurement(baseline_dir, test, one_pass)["metrics"]["throughput_per_s"]
+        champ = run_measurement(champion_dir, test, one_pass)["metrics"]["throughput_per_s"]
+        pairs.append((base, champ))
+    return pairs
+
+
+def interleaved_lines(pairs: list[tuple[float, float]]) -> list[str]:
+    import statistics
+
+    ratios = [c / b for b, c in pairs]
+    worst = min(c for _, c in pairs) / max(b for b, _ in pairs)  # slowest champion pass against the fastest baseline pass
+    status = "met" if worst >= MIN_WORST_RATIO else f"MISSED by {MIN_WORST_RATIO / worst:.2f}x"
+    return [
+        f"Interleaved passes ({len(pairs)} pairs, each pass a fresh process over the whole test split), texts/s baseline / champion: "
+        + ", ".join(f"{b:.0f} / {c:.0f}" for b, c in pairs),
+        f"- throughput ratio median {statistics.median(ratios):.2f}x, worst pair {min(ratios):.2f}x, "
+        f"worst cross-pass (slowest champion vs fastest baseline) {worst:.2f}x; target worst >= {MIN_WORST_RATIO:g}x: {status}",
+    ]
 
 
 def verdicts(champion: dict[str, float], baseline: dict[str, float]) -> list[str]:
@@ -55,12 +114,27 @@ def main() -> int:
     Path(args.project_dir).mkdir(parents=True, exist_ok=True)
     from flows.pipeline import run
     from frugal.config import load_config
+    from frugal.paths import ProjectPaths
+    from tasks import store
+    from tasks.versioning import version_folder
 
-    evaluate = load_config(args.config).evaluate  # the report states the measurement settings the run used
+    cfg = load_config(args.config)
+    evaluate = cfg.evaluate  # the report states the measurement settings the run used
     started = time.perf_counter()
     result = run(config=args.config, project_dir=args.project_dir)
     minutes = (time.perf_counter() - started) / 60
     selection = result.selection
+    runs = variant_runs(result.run_id)
+    cascades = {
+        name for name, r in runs.items() if r.data.tags.get("steps", "").startswith("cascade") or "deferred_share" in r.data.metrics
+    }
+    base_f1 = selection.baseline.metrics["macro_f1"]
+    paths = ProjectPaths.resolve(args.project_dir)
+    pairs = interleaved(
+        store.resolve(runs["baseline"].data.tags["model_uri"], paths),
+        store.resolve(runs[selection.champion.variant].data.tags["model_uri"], paths),
+        version_folder(result.data_hash, paths) / "test.parquet", evaluate,
+    )  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = "\n".join(
         [
@@ -75,6 +149,12 @@ def main() -> int:
             f"Champion: **{selection.champion.variant}** (cheapest within the macro-F1 tolerance of the baseline).",
             "",
             *verdicts(selection.champion.metrics, selection.baseline.metrics),
+            "",
+            *interleaved_lines(pairs),
+            "",
+            f"Frontier at >= 99 % of the baseline's macro-F1 (cheapest first), with cascades: {frontier_99(runs, base_f1, set())}",
+            "",
+            f"The same without cascades: {frontier_99(runs, base_f1, cascades)}",
             "",
         ]
     )

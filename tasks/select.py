@@ -23,6 +23,8 @@ TABLE_COLUMNS = (
     "speedup_vs_baseline",
     "latency_p50_ms",
     "throughput_per_s",
+    "throughput_spread",  # (max - min) / median of the timed passes
+    "length_ordering_gain",  # throughput with length-ordered batches / with arrival-order batches
     "model_size_mb",
     "params_m",
     "peak_rss_mb",
