@@ -14,6 +14,7 @@ from prefect import flow
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
 from tasks import tracking
+from tasks.cascade import build_cascades
 from tasks.common import Ref, Variant
 from tasks.compression import build_variant
 from tasks.data import prepare
@@ -57,8 +58,9 @@ def pipeline(
         if until == "finetune":
             return stopped(run_id, data.md5, until)
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
-        for name, steps in cfg.compress.variants.items():
+        for name, steps in cfg.compress.chains().items():
             variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
+        variants += build_cascades(cfg, variants, data, paths, run_id)  # in this process: two models over the val split
         if until == "compress":
             return stopped(run_id, data.md5, until)
         baseline = evaluate(variants[0], None, data, cfg, paths, run_id, measure=on.measure)

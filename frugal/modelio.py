@@ -8,6 +8,9 @@ and ``tokenizer/``. Formats:
 - ``torch-int8``: dynamic int8 Linear weights stored as int8 tensors + scales in safetensors.
 - ``onnx``: ``model.onnx`` for ONNX Runtime.
 - ``hf-nf4``: a transformers save with bitsandbytes 4-bit weights (CUDA only).
+- ``cascade``: ``cheap/`` and ``strong/``, each a model folder of the formats above; the cheap part answers
+  when its top probability is >= ``notes.threshold``, else the strong part (``frugal.cascade``). ``params``
+  is both parts' sum; ``notes`` also hold the parts' variant names and the val calibration.
 
 Weights are only ever read from safetensors or ONNX: nothing here unpickles.
 """

@@ -150,7 +150,10 @@ class OnnxPredictor(Predictor):
 
 def load_predictor(model_dir: str | Path, threads: int | None = None, device: str = "cpu") -> Predictor:
     manifest = Manifest.load(Path(model_dir))
-    kinds: dict[str, Any] = {"hf": TorchPredictor, "torch-int8": TorchPredictor, "hf-nf4": TorchPredictor, "onnx": OnnxPredictor}
+    from frugal.cascade import CascadePredictor  # imported here: it loads its two parts through this function
+
+    kinds: dict[str, Any] = {"hf": TorchPredictor, "torch-int8": TorchPredictor, "hf-nf4": TorchPredictor, "onnx": OnnxPredictor,
+                             "cascade": CascadePredictor}  # fmt: skip
     if manifest.format not in kinds:
         raise ValueError(f"model format {manifest.format!r} cannot be served on {device}")
     return kinds[manifest.format](Path(model_dir), manifest, threads, device)

@@ -37,9 +37,9 @@ _RUNTIMES = {
     "torch-int8": ("torch", "transformers", "safetensors", "tokenizers"),
     "hf-nf4": ("torch", "transformers", "safetensors", "tokenizers", "bitsandbytes", "accelerate"),
 }
-# The bundle's code (code/frugal/): the pyfunc, the runtime and the model folder format, which import only each other.
+# The bundle's code (code/frugal/): the pyfunc, the runtime, the model folder format and the cascade, which import only each other.
 SERVING_FIGURES = "serving.json"  # the champion's variant and measured metrics, read by frugal/serve/source.py
-SERVING_CODE = ("__init__.py", "serve_model.py", "pyfunc.py", "runtime.py", "modelio.py")
+SERVING_CODE = ("__init__.py", "serve_model.py", "pyfunc.py", "runtime.py", "modelio.py", "cascade.py")
 
 
 class Bundle(Ref):
@@ -62,9 +62,19 @@ class Incumbent(Ref):
     usd_per_1m: float
 
 
-def requirements(fmt: str) -> list[str]:
-    """Pinned to what this run used, so the served model behaves as the evaluated one."""
-    names = ("mlflow", "pandas", "numpy", *_RUNTIMES[fmt])
+def runtime(model_dir: Path) -> tuple[str, ...]:
+    """The packages that serve a model folder: a cascade needs both of its parts' (read from their manifests)."""
+    fmt = Manifest.load(model_dir).format
+    if fmt != "cascade":
+        return _RUNTIMES[fmt]
+    from frugal.cascade import PARTS
+
+    return tuple(dict.fromkeys(name for part in PARTS for name in runtime(model_dir / part)))
+
+
+def requirements(fmt: str, model_dir: Path | None = None) -> list[str]:
+    """Pinned to what this run used, so the served model behaves as the evaluated one (a cascade: pass its folder)."""
+    names = ("mlflow", "pandas", "numpy", *(runtime(model_dir) if model_dir is not None else _RUNTIMES[fmt]))
     return [f"{name}=={md.version(name)}" for name in names]
 
 
@@ -92,7 +102,7 @@ def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
             python_model=str(code / "serve_model.py"),
             artifacts={"model": str(model_dir)},
             code_paths=[str(code)],
-            pip_requirements=requirements(manifest.format),
+            pip_requirements=requirements(manifest.format, model_dir),
             signature=infer_signature(example, output),
             input_example=example,
         )
@@ -113,7 +123,7 @@ def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: R
         (bundle / SERVING_FIGURES).write_text(json.dumps(figures, indent=2))
         tracking.log_dir(parent_run, bundle, BUNDLE)
     log.info("Packaged %s (%s runtime) as runs:/%s/%s", champion.name, fmt, parent_run, BUNDLE)
-    return Bundle(uri=f"runs:/{parent_run}/{BUNDLE}", variant=champion.name, model_uri=champion.model.uri, runtime=_RUNTIMES[fmt])
+    return Bundle(uri=f"runs:/{parent_run}/{BUNDLE}", variant=champion.name, model_uri=champion.model.uri, runtime=runtime(model_dir))
 
 
 def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, measure: Callable[..., Any]) -> Incumbent | None:
