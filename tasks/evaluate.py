@@ -26,7 +26,7 @@ from tasks.common import DataRef, Ref, Scores, Variant, stage
 from tasks.finetune import train_usd
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.evaluate", "frugal.measure", "frugal.runtime", "frugal.modelio")
+CODE = ("tasks.evaluate", "frugal.measure", "frugal.runtime", "frugal.modelio", "frugal.cascade")
 
 
 def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) -> dict:
