@@ -20,7 +20,7 @@ from tasks import store, tracking
 from tasks.caching import digest
 from tasks.common import DataRef, ModelRef, stage
 from tasks.data import labelled_rows, read_split
-from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
+from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
 from tasks.training import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ def finetune(
     with tracking.nested_run(parent_run, "finetune", {"kind": "step", "step": "finetune"}) as run_id, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
         save_tokenizer(load_tokenizer(model), out)
-        net = load_pretrained(model, labels, seed)
+        net, notes = load_pretrained_with_notes(model, labels, seed)
+        if notes:  # e.g. the checkpoint's own head had another number of labels and was replaced
+            tracking.set_tags(run_id, {"notes": " ".join(notes)})
         result = train(
             net,
             Tokenize(out, model.max_length),

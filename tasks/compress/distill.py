@@ -15,8 +15,9 @@ from pydantic import Field
 
 from frugal.modelio import count_params, load_torch
 from tasks.compress._common import require_format, train_config, train_with_teacher, training_report
+from tasks.compress._families import family_of
 from tasks.compress.base import CompressContext, MethodOptions, TorchMethod, register
-from tasks.compress.prune import layers, prune_ffn, top
+from tasks.compress.prune import ffn_norms, prune_ffn, top
 
 
 class DistillOptions(MethodOptions):
@@ -38,19 +39,15 @@ def kept_layers(teacher_depth: int, student_depth: int) -> list[int]:
     return [round((i + 1) * teacher_depth / student_depth) - 1 for i in range(student_depth)]
 
 
-def make_student(teacher, depth: int, intermediate_size: int | None):  # -> torch.nn.Module
-    import torch
-
+def make_student(teacher, depth: int, intermediate_size: int | None, method: str = "distill"):  # -> (torch.nn.Module, notes)
+    """The teacher's kept layers (optionally with their strongest FFN neurons only), and notes on family-specific changes."""
+    family = family_of(teacher, method)
     student = copy.deepcopy(teacher)
-    keep = kept_layers(len(layers(teacher)), depth)
-    student.base_model.encoder.layer = torch.nn.ModuleList([student.base_model.encoder.layer[i] for i in keep])
-    student.config.num_hidden_layers = depth
+    notes = family.set_layers(student, kept_layers(len(family.layers(teacher)), depth))
     if intermediate_size is not None:
-        for layer in layers(student):
-            prune_ffn(
-                layer, top(layer.intermediate.dense.weight.norm(dim=1), 1 - intermediate_size / layer.intermediate.dense.out_features)
-            )
-    return student
+        for layer in family.layers(student):
+            prune_ffn(family, layer, top(ffn_norms(family, layer), count=min(intermediate_size, family.ffn_width(layer))))
+    return student, notes
 
 
 @register
@@ -63,12 +60,14 @@ class Distill(TorchMethod):
         opts: DistillOptions = self.options
         manifest = require_format(src, "hf", self.name)
         teacher = load_torch(src).float()
-        student = make_student(teacher, opts.layers, opts.intermediate_size)
+        student, notes = make_student(teacher, opts.layers, opts.intermediate_size, self.name)
         cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate)
         result = train_with_teacher(
             student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L", transfer_rows=opts.transfer_rows
         )
         params = count_params(student)
-        report = training_report(result, params, student_layers=kept_layers(len(layers(teacher)), opts.layers))
+        depth = len(family_of(teacher, self.name).layers(teacher))
+        report = training_report(result, params, student_layers=kept_layers(depth, opts.layers))
         report.metrics["params_vs_teacher"] = params / count_params(teacher)
+        report.notes.extend(notes)
         return student.eval(), manifest.derive(params=params, lineage=[*manifest.lineage, f"{self.name}-{opts.layers}L"]), report

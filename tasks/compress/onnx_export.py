@@ -1,20 +1,31 @@
-"""Export a PyTorch model to ONNX, with ONNX Runtime's transformer graph fusions, checked against PyTorch."""
+"""Export a PyTorch model to ONNX, with ONNX Runtime's transformer graph fusions, checked against PyTorch.
+
+The graph takes exactly the inputs the model's forward takes and the tokenizer gives it
+(DistilBERT, DeBERTa-v2 and ModernBERT have no token types). Fusion settings come from the
+model's family (tasks/compress/_families.py). ONNX Runtime's fusions target BERT-shaped
+graphs: where one fails or changes the outputs for a family, the plain exported graph is
+kept and the step's report says so, instead of failing the variant.
+"""
 
 from __future__ import annotations
 
+import inspect
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from frugal.errors import SkipVariant
 from frugal.modelio import Manifest, copy_tokenizer, load_torch
 from frugal.runtime import Tokenize
 from tasks.compress._common import require_format, val_split
+from tasks.compress._families import family_of
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # in this order when the model takes them
 # fp32 export agrees with PyTorch to float rounding; anything larger means a broken graph.
 FP32_TOLERANCE = 1e-3
 
@@ -25,52 +36,84 @@ class OnnxExportOptions(MethodOptions):
     check_texts: int = Field(64, ge=1, description="Validation texts on which ONNX and PyTorch outputs are compared.")
 
 
-def export(src: Path, onnx_path: Path, opset: int, optimize: bool) -> dict[str, int]:
-    """Write src's model to `onnx_path`; return the counts of fused operators."""
+@dataclass
+class Exported:
+    """What an export produced: the graph's inputs, the fused operator counts, and why fusion was dropped if it was."""
+
+    inputs: list[str]
+    fused: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def model_inputs(model: Any, batch: dict[str, np.ndarray]) -> list[str]:
+    """The inputs both the tokenizer gives and the model's forward accepts, in INPUTS order."""
+    accepted = inspect.signature(model.forward).parameters
+    return [name for name in INPUTS if name in batch and name in accepted]
+
+
+def export(src: Path, onnx_path: Path, opset: int, optimize: bool, method: str = "onnx_export") -> Exported:
+    """Write src's model to `onnx_path`, fused where ONNX Runtime's fusions keep the outputs unchanged."""
     import torch
 
     model = load_torch(src).float()
     model.set_attn_implementation("eager")  # plain MatMul/Softmax: the pattern ONNX Runtime's fusions recognise
+    sample = Tokenize(src, Manifest.load(src).max_length)(["an example text to trace", "a second one"])
+    names = model_inputs(model, sample)
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        def forward(self, *inputs: Any) -> Any:
+            return self.model(**dict(zip(names, inputs, strict=True))).logits
 
-    sample = Tokenize(src, Manifest.load(src).max_length)(["an example text to trace", "a second one"])
-    args = tuple(torch.from_numpy(sample[name]) for name in INPUTS)
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"logits": {0: "batch"}}
+    args = tuple(torch.from_numpy(sample[name]) for name in names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     raw = onnx_path.with_name("raw.onnx")
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        Logits().eval(), args, str(raw), input_names=list(INPUTS), output_names=["logits"],
-        dynamic_axes=axes, opset_version=opset, dynamo=False,
-    )  # fmt: skip
-    if not optimize:
+    try:
+        torch.onnx.export(
+            Logits().eval(), args, str(raw), input_names=names, output_names=["logits"],
+            dynamic_axes=axes, opset_version=opset, dynamo=False,
+        )  # fmt: skip
+    except Exception as exc:  # an exporter limitation for this architecture, not a broken model
+        raise SkipVariant(f"{method}: torch.onnx.export cannot export {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    exported = Exported(inputs=names)
+    if optimize:
+        exported.fused, exported.notes = _optimize(raw, onnx_path, model, {k: sample[k] for k in names}, method)
+    if not onnx_path.is_file():
         raw.rename(onnx_path)
-        return {}
-    fused = _optimize(raw, onnx_path, model)
-    raw.unlink()
-    return fused
+    raw.unlink(missing_ok=True)
+    return exported
 
 
-def _optimize(raw: Path, out: Path, model: Any) -> dict[str, int]:
+def _optimize(raw: Path, out: Path, model: Any, sample: dict[str, np.ndarray], method: str) -> tuple[dict[str, int], list[str]]:
+    """Fuse `raw` into `out` with the family's settings; on failure or changed outputs write nothing and say why."""
     from onnxruntime.transformers import optimizer
 
-    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    family = family_of(model, method)
+    num_heads, hidden = family.onnx_fusion(model)  # 0 heads (uneven pruning): attention left unfused
     try:
-        heads = {layer.attention.self.query.out_features // head_dim for layer in model.base_model.encoder.layer}
-    except AttributeError:  # not a BERT-style encoder: let the optimizer detect what it can
-        heads = set()
-    # Attention fusion needs one head count for all layers; after uneven pruning it is left unfused.
-    num_heads = heads.pop() if len(heads) == 1 else 0
-    hidden = num_heads * head_dim  # the fusion's "hidden size" is the q/k/v width, which pruning narrows
-    optimized = optimizer.optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden)
-    optimized.save_model_to_file(str(out))
-    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized = optimizer.optimize_model(str(raw), model_type=family.onnx_model_type, num_heads=num_heads, hidden_size=hidden)
+        optimized.save_model_to_file(str(out))
+    except Exception as exc:
+        out.unlink(missing_ok=True)
+        return {}, [f"{family.name}: ONNX Runtime graph fusion failed ({type(exc).__name__}: {exc}); the unfused graph is kept."]
+    diff = _graph_diff(raw, out, sample)
+    if not diff <= FP32_TOLERANCE:  # also catches NaN
+        out.unlink()
+        return {}, [f"{family.name}: the fused graph's logits differ from the unfused one by {diff:.2e}; the unfused graph is kept."]
+    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}, []
+
+
+def _graph_diff(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> float:
+    import onnxruntime as ort
+
+    def run(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+
+    return float(np.abs(run(a) - run(b)).max())
 
 
 def max_abs_diff(src: Path, onnx_dir: Path, texts: list[str]) -> float:
@@ -102,10 +145,12 @@ class OnnxExport(Method):
     def apply(self, src: Path, dst: Path, ctx: CompressContext) -> StepReport:
         opts: OnnxExportOptions = self.options
         manifest = require_format(src, "hf", self.name)
-        fused = export(src, dst / "model.onnx", opts.opset, opts.optimize)
+        exported = export(src, dst / "model.onnx", opts.opset, opts.optimize, self.name)
         finish(src, dst, manifest.derive(format="onnx", lineage=[*manifest.lineage, self.name]))
         texts = list(val_split(ctx)["text"][: opts.check_texts])
         diff = max_abs_diff(src, dst, texts)
         if diff > FP32_TOLERANCE:
             raise RuntimeError(f"ONNX logits differ from PyTorch by {diff:.2e} (> {FP32_TOLERANCE}); the export is wrong")
-        return StepReport(params={f"fused_{k}": v for k, v in fused.items()}, metrics={"onnx_max_abs_diff": diff})
+        params = {"onnx_inputs": ",".join(exported.inputs), "fused": bool(exported.fused)}
+        params |= {f"fused_{k}": v for k, v in exported.fused.items()}
+        return StepReport(params=params, metrics={"onnx_max_abs_diff": diff}, notes=exported.notes)

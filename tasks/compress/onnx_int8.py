@@ -74,12 +74,13 @@ class OnnxInt8(Method):
         manifest = require_format(src, ("hf", "onnx"), self.name)
         val = list(val_split(ctx)["text"])
         dst.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = src / "model.onnx"
             if manifest.format == "hf":  # static QDQ quantizes the plain graph; dynamic the fused one
                 fp32 = Path(tmp) / "model.onnx"
-                export(src, fp32, opset=17, optimize=opts.mode == "dynamic")
+                notes = export(src, fp32, opset=17, optimize=opts.mode == "dynamic", method=self.name).notes
             quantize(fp32, dst / "model.onnx", opts, Tokenize(src, manifest.max_length), val[: opts.calibration_texts])
         lineage = [*manifest.lineage, *([] if manifest.format == "onnx" else ["onnx_export"]), f"{self.name}-{opts.mode}"]
         finish(src, dst, manifest.derive(format="onnx", dtype="int8", lineage=lineage))
-        return StepReport(metrics={"agreement_with_source": agreement(src, dst, val[: opts.check_texts])})
+        return StepReport(metrics={"agreement_with_source": agreement(src, dst, val[: opts.check_texts])}, notes=notes)

@@ -3,7 +3,8 @@
 Importance is first-order Taylor (|weight x gradient| summed over a head's or a neuron's
 weights, on training batches). The pruned Linear layers really shrink, so the saved model
 is smaller and faster on dense kernels; the loader sizes each layer from its saved tensor.
-BERT-style encoders only (layer.attention.self.query/key/value, intermediate/output.dense).
+Every encoder family in tasks/compress/_families.py (BERT, DistilBERT, RoBERTa, DeBERTa-v2,
+ELECTRA, ModernBERT): the family says which Linears hold heads and neurons.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import Field
 from frugal.modelio import count_params, load_torch
 from frugal.runtime import Tokenize
 from tasks.compress._common import labelled_train, require_format, train_config, train_with_teacher, training_report
+from tasks.compress._families import Family, Proj, family_of
 from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
 
 if TYPE_CHECKING:
@@ -37,13 +39,6 @@ class PruneOptions(MethodOptions):
         0, ge=0, description="Extra train rows, labels hidden, that the student learns on from the teacher's soft targets."
     )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
-
-
-def layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    try:
-        return list(model.base_model.encoder.layer)
-    except AttributeError:
-        raise ValueError(f"structured pruning supports BERT-style encoders, not {type(model).__name__}") from None
 
 
 def keep_rows(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
@@ -68,53 +63,83 @@ def keep_cols(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
     return out
 
 
-def head_dim(model: torch.nn.Module) -> int:
-    return model.config.hidden_size // model.config.num_attention_heads
+def unit_rows(units: torch.Tensor, width: int, total: int, blocks: int) -> torch.Tensor:
+    """Feature indices of `units` (each `width` features) in every one of `blocks` stacked blocks of `total` units."""
+    import torch
+
+    within = torch.cat([torch.arange(u * width, (u + 1) * width) for u in units.tolist()])
+    return torch.cat([within + b * total * width for b in range(blocks)])
 
 
-def taylor_scores(model: torch.nn.Module, tokenize: Tokenize, train_df: pd.DataFrame, labels: list[str], batches: int, batch_size: int):
+def per_unit(values: torch.Tensor, width: int, blocks: int = 1) -> torch.Tensor:
+    """Sum a per-feature score over each unit's features in every block."""
+    return values.view(blocks, -1, width).sum(dim=(0, 2))
+
+
+def _taylor(linear: torch.nn.Linear, dim: int) -> torch.Tensor:
+    """|w x dL/dw| summed along `dim` (1: per output feature, 0: per input feature)."""
+    return (linear.weight * linear.weight.grad).abs().sum(dim).detach()
+
+
+def unit_scores(layer: torch.nn.Module, projs: tuple[Proj, ...], out_path: str, family: Family, width: int) -> torch.Tensor:
+    """One layer's Taylor score per unit: its rows in every projection plus its columns in the Linear reading it back."""
+    score = sum(per_unit(_taylor(linear, 1), width, proj.blocks) for proj, linear in family.projections(layer, projs))
+    return score + per_unit(_taylor(layer.get_submodule(out_path), 0), width)
+
+
+def taylor_scores(
+    model: torch.nn.Module, family: Family, tokenize: Tokenize, train_df: pd.DataFrame, labels: list[str], batches: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (score of each head, score of each FFN neuron)."""
     import torch
 
-    d = head_dim(model)
+    d = family.head_dim(model)
     model.eval()
     label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}), dtype=np.int64)
-    sums = [(0.0, 0.0) for _ in layers(model)]
+    sums: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b in range(min(batches, math.ceil(len(train_df) / batch_size))):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         batch = {k: torch.from_numpy(v) for k, v in tokenize(list(train_df["text"][rows])).items()}
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(**batch).logits, torch.from_numpy(label_ids[rows])).backward()
-        for i, layer in enumerate(layers(model)):
-            att, ffn_in, ffn_out = layer.attention.self, layer.intermediate.dense, layer.output.dense
-            per_row = sum((m.weight * m.weight.grad).abs().sum(1) for m in (att.query, att.key, att.value))
-            per_row = per_row + (layer.attention.output.dense.weight * layer.attention.output.dense.weight.grad).abs().sum(0)
-            neurons = (ffn_in.weight * ffn_in.weight.grad).abs().sum(1) + (ffn_out.weight * ffn_out.weight.grad).abs().sum(0)
-            heads, ffn = sums[i]
-            sums[i] = (heads + per_row.detach().view(-1, d).sum(1), ffn + neurons.detach())
+        scores = [
+            (unit_scores(layer, family.heads_in, family.heads_out, family, d), unit_scores(layer, family.ffn_in, family.ffn_out, family, 1))
+            for layer in family.layers(model)
+        ]
+        sums = scores if not sums else [(h0 + h1, f0 + f1) for (h0, f0), (h1, f1) in zip(sums, scores, strict=True)]
     model.zero_grad()
     return sums
 
 
-def prune_heads(layer: torch.nn.Module, keep_heads: torch.Tensor, d: int) -> None:
-    import torch
-
-    rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep_heads.tolist()])
-    att = layer.attention.self
-    att.query, att.key, att.value = keep_rows(att.query, rows), keep_rows(att.key, rows), keep_rows(att.value, rows)
-    att.num_attention_heads, att.all_head_size = len(keep_heads), len(rows)
-    layer.attention.output.dense = keep_cols(layer.attention.output.dense, rows)
-
-
-def prune_ffn(layer: torch.nn.Module, keep: torch.Tensor) -> None:
-    layer.intermediate.dense = keep_rows(layer.intermediate.dense, keep)
-    layer.output.dense = keep_cols(layer.output.dense, keep)
+def _slice(
+    layer: torch.nn.Module, projs: list[tuple[Proj, torch.nn.Linear]], out_path: str, keep: torch.Tensor, width: int, total: int
+) -> None:
+    """Keep the units `keep` (of `total`, each `width` features): rows of the projections, columns of `out_path`."""
+    for proj, linear in projs:
+        layer.set_submodule(proj.path, keep_rows(linear, unit_rows(keep, width, total, proj.blocks)))
+    layer.set_submodule(out_path, keep_cols(layer.get_submodule(out_path), unit_rows(keep, width, total, 1)))
 
 
-def top(scores: torch.Tensor, fraction_removed: float) -> torch.Tensor:
-    """Indices of the highest scores, keeping at least one, in their original order."""
-    keep = max(1, round(len(scores) * (1 - fraction_removed)))
-    return scores.topk(keep).indices.sort().values
+def prune_heads(model: torch.nn.Module, family: Family, layer: torch.nn.Module, keep_heads: torch.Tensor) -> None:
+    d = family.head_dim(model)
+    total = family.heads(layer, d)
+    _slice(layer, family.projections(layer, family.heads_in), family.heads_out, keep_heads, d, total)
+    family.set_heads(model, layer, len(keep_heads), d)
+
+
+def prune_ffn(family: Family, layer: torch.nn.Module, keep: torch.Tensor) -> None:
+    _slice(layer, family.projections(layer, family.ffn_in), family.ffn_out, keep, 1, family.ffn_width(layer))
+
+
+def ffn_norms(family: Family, layer: torch.nn.Module) -> torch.Tensor:
+    """Each FFN neuron's weight norm over its rows in the input projection(s): a data-free importance."""
+    return sum(per_unit(linear.weight.detach().pow(2).sum(1), 1, proj.blocks) for proj, linear in family.projections(layer, family.ffn_in))
+
+
+def top(scores: torch.Tensor, fraction_removed: float | None = None, count: int | None = None) -> torch.Tensor:
+    """Indices of the highest scores (`count` of them, or all but `fraction_removed`, at least one), in their original order."""
+    keep = count if count is not None else max(1, round(len(scores) * (1 - (fraction_removed or 0.0))))
+    return scores.topk(max(1, keep)).indices.sort().values
 
 
 @register
@@ -127,17 +152,24 @@ class Prune(TorchMethod):
         opts: PruneOptions = self.options
         manifest = require_format(src, "hf", self.name)
         teacher = load_torch(src).float()
+        family = family_of(teacher, self.name)
         model = copy.deepcopy(teacher)
         train_df = labelled_train(ctx)
         scores = taylor_scores(
-            model, Tokenize(src, manifest.max_length), train_df, ctx.labels, opts.importance_batches, ctx.train.batch_size
+            model, family, Tokenize(src, manifest.max_length), train_df, ctx.labels, opts.importance_batches, ctx.train.batch_size
         )
         before = count_params(model)
-        for layer, (heads, neurons) in zip(layers(model), scores, strict=True):
-            prune_heads(layer, top(heads, opts.heads_fraction), head_dim(model))
-            prune_ffn(layer, top(neurons, opts.ffn_fraction))
-        params = {"heads_per_layer": [layer.attention.self.num_attention_heads for layer in layers(model)],
-                  "ffn_per_layer": [layer.intermediate.dense.out_features for layer in layers(model)]}  # fmt: skip
+        notes = set()
+        for layer, (heads, neurons) in zip(family.layers(model), scores, strict=True):
+            wanted = max(1, round(len(heads) * (1 - opts.heads_fraction)))
+            kept = family.allowed_heads(model, wanted)
+            if kept != wanted:
+                notes.add(f"{family.name} keeps {kept} of {len(heads)} heads per layer, not {wanted}: {family.heads_constraint}.")
+            prune_heads(model, family, layer, top(heads, count=kept))
+            prune_ffn(family, layer, top(neurons, opts.ffn_fraction))
+        d = family.head_dim(model)
+        params = {"family": family.name, "heads_per_layer": [family.heads(layer, d) for layer in family.layers(model)],
+                  "ffn_per_layer": [family.ffn_width(layer) for layer in family.layers(model)]}  # fmt: skip
         after = count_params(model)
         report = StepReport(params=params)
         if opts.recovery_epochs > 0:
@@ -148,4 +180,5 @@ class Prune(TorchMethod):
             report = training_report(result, after, **params)
         model.eval()
         report.metrics["params_removed_share"] = 1 - after / before
+        report.notes.extend(sorted(notes))
         return model, manifest.derive(params=after, lineage=[*manifest.lineage, self.name]), report
