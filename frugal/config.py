@@ -177,12 +177,30 @@ class TrainConfig(Strict):
     instance: str = Field(description="Instance type in hardware.yaml that prices training time.")
 
 
+class AdapterConfig(Strict):
+    """LoRA fine-tuning of the baseline (QLoRA with quantize_4bit): for large models, e.g. a decoder LLM teacher."""
+
+    enabled: bool = Field(description="Fine-tune LoRA adapters (merged into the weights before saving) instead of every weight.")
+    r: int = Field(ge=1, description="Rank of the adapters.")
+    alpha: int = Field(ge=1, description="Adapter scaling (lora_alpha).")
+    dropout: float = Field(ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        description="Linear layers (by name) that get adapters; null = peft's default for the architecture (Llama/Qwen2: q_proj, "
+        "v_proj; BERT: query, value)."
+    )
+    quantize_4bit: bool = Field(
+        description="QLoRA: train the adapters on a 4-bit (bitsandbytes NF4) copy of the model. CUDA only: on a machine without "
+        "CUDA the fine-tune stops with an error before loading anything."
+    )
+
+
 class FinetuneConfig(TrainConfig):
     max_rows: int | None = Field(
         gt=0,
         description="Labelled training rows used (a stratified, seeded sample of the train split; null = all). "
         "Distillation and pruning recovery may add the other train rows as unlabelled transfer data.",
     )
+    adapter: AdapterConfig
 
 
 class StepConfig(BaseModel):

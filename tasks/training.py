@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 UNLABELLED = -100  # label id of a transfer row (no label; cross-entropy ignores it)
 LossFn = Callable[["torch.Tensor", "torch.Tensor", np.ndarray], "torch.Tensor"]
+OutputsLossFn = Callable[[Any, dict[str, "torch.Tensor"], np.ndarray], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class OutputsLoss:
+    """An extra loss term on the model's whole output (hidden states, attentions), added to `loss_fn`'s.
+
+    `fn(outputs, batch, idx)` gets the forward's output, the tokenized batch (for its attention mask)
+    and the rows' indices. Intermediate-layer distillation uses it; `loss_fn` alone only sees logits.
+    """
+
+    fn: OutputsLossFn
+    hidden_states: bool = False  # ask the forward for every layer's hidden states
+    attentions: bool = False  # ... and attention maps (the model must use eager attention)
 
 
 @dataclass
@@ -45,6 +59,25 @@ class TrainResult:
         params = {"train_device": self.device, "train_steps": self.steps, "trainable_params": self.trainable_params,
                   "resumed_from_step": self.resumed_from_step}  # fmt: skip
         return params, {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
+
+
+def ensure_pad_token_id(config: Any, tokenizer: Any) -> None:
+    """Give a decoder config (Llama, Qwen2: none of their own) a pad id: the tokenizer's pad token, else end-of-sequence.
+
+    A decoder classifier reads the logits at each text's last non-pad token, which it finds by this id;
+    without one it refuses batches of more than one text.
+    """
+    if config.pad_token_id is not None:
+        return
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        from frugal.errors import ModelError
+
+        raise ModelError(
+            "The model has no pad token id and its tokenizer has neither a pad nor an end-of-sequence token.",
+            "Use a tokenizer with a pad or eos token, or set pad_token_id in the model's config.json.",
+        )
+    config.pad_token_id = pad
 
 
 def resolve_device(choice: str) -> str:
@@ -104,8 +137,12 @@ def train(
     resume_key: str,
     loss_fn: LossFn | None = None,
     desc: str = "train",
+    outputs_loss: OutputsLoss | None = None,
 ) -> TrainResult:
-    """Train in place; on return the model holds the weights with the best val macro-F1."""
+    """Train in place; on return the model holds the weights with the best val macro-F1.
+
+    Parameters the caller attached to the model for an `outputs_loss` (a projection) train and resume with it.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -124,6 +161,7 @@ def train(
         state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler) or state
     resumed_from = state.step
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
+    extra = {"output_hidden_states": outputs_loss.hidden_states, "output_attentions": outputs_loss.attentions} if outputs_loss else {}
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
     for step in range(state.step, total_steps):
@@ -134,8 +172,10 @@ def train(
         torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only: a resumed run repeats the original
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
         with _autocast(device):
-            logits = model(**batch).logits.float()
-        loss = loss_fn(logits, torch.from_numpy(label_ids[idx]).to(device), idx)
+            outputs = model(**batch, **extra)
+        loss = loss_fn(outputs.logits.float(), torch.from_numpy(label_ids[idx]).to(device), idx)
+        if outputs_loss is not None:
+            loss = loss + outputs_loss.fn(outputs, batch, idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
