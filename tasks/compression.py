@@ -36,16 +36,20 @@ class StepSettings(Ref):
     train: FinetuneConfig  # template for recovery and distillation training
     model: ModelConfig  # the pretrained model (LoRA starts from it)
     serve_device: str
+    serve_threads: int
 
     @classmethod
     def of(cls, cfg: RunConfig) -> StepSettings:
-        return cls(labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=cfg.evaluate.device)
+        return cls(
+            labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=cfg.evaluate.device,
+            serve_threads=cfg.evaluate.threads,
+        )  # fmt: skip
 
 
 def context(settings: StepSettings, data_dir: Path, paths: ProjectPaths, checkpoint: Path | None = None) -> CompressContext:
     return CompressContext(
         data=data_dir, labels=settings.labels, seed=settings.seed, train=settings.train, model=settings.model,
-        serve_device=settings.serve_device, scratch=paths.work / "scratch", checkpoint=checkpoint,
+        serve_device=settings.serve_device, serve_threads=settings.serve_threads, scratch=paths.work / "scratch", checkpoint=checkpoint,
     )  # fmt: skip
 
 

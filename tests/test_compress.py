@@ -87,3 +87,23 @@ def test_model_folder_size_excludes_the_tokenizer(baseline: Built) -> None:
     tokenizer_mb = sum(p.stat().st_size for p in Path(baseline.model_dir, "tokenizer").rglob("*") if p.is_file()) / 1e6
     total_mb = sum(p.stat().st_size for p in Path(baseline.model_dir).rglob("*") if p.is_file()) / 1e6
     assert model_size_mb(baseline.model_dir) == pytest.approx(total_mb - tokenizer_mb)
+
+
+def test_a_batch_of_transfer_rows_only_has_a_finite_distillation_loss() -> None:
+    """A batch drawn only from label-hidden rows once made the loss NaN (mean cross-entropy over no rows), ruining the student."""
+    import numpy as np
+    import torch
+
+    from tasks.compress._common import distillation_loss
+    from tasks.training import UNLABELLED
+
+    teacher = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    loss = distillation_loss(teacher, temperature=2.0, alpha=0.5)
+    logits = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    unlabelled = loss(logits, torch.tensor([UNLABELLED, UNLABELLED]), np.array([0, 1]))
+    labelled = loss(logits, torch.tensor([0, UNLABELLED]), np.array([0, 1]))
+    assert not torch.isnan(unlabelled) and unlabelled.item() > 0  # the teacher term alone
+    # the labelled row's cross-entropy counts once, averaged over the labelled rows only: ln(3) * (1 - alpha)
+    assert labelled.item() - unlabelled.item() == pytest.approx(0.5 * np.log(3), rel=1e-5)
+    unlabelled.backward()
+    assert torch.isfinite(logits.grad).all()

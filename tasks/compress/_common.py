@@ -74,9 +74,22 @@ def distillation_loss(teacher_logits: np.ndarray, temperature: float, alpha: flo
         soft = F.kl_div(
             F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1), log_target=True, reduction="batchmean"
         )
-        return alpha * soft * temperature**2 + (1 - alpha) * F.cross_entropy(logits, labels)
+        return alpha * soft * temperature**2 + (1 - alpha) * labelled_cross_entropy(logits, labels)
 
     return loss
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled rows; 0 for a batch of transfer rows only.
+
+    (PyTorch's mean over zero unignored rows is NaN, and one NaN step ruins every weight.)
+    """
+    import torch.nn.functional as F
+
+    from tasks.training import UNLABELLED
+
+    labelled = int((labels != UNLABELLED).sum())
+    return F.cross_entropy(logits, labels, ignore_index=UNLABELLED, reduction="sum") / max(labelled, 1)
 
 
 def train_with_teacher(

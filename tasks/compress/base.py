@@ -35,6 +35,7 @@ class CompressContext:
     model: ModelConfig  # the pretrained model, for methods that start from it (LoRA)
     serve_device: str  # where variants are evaluated and served: a method that cannot run there is skipped
     scratch: Path
+    serve_threads: int = 2  # threads variants are measured and served with (evaluate.threads): what a method times itself at
     checkpoint: Path | None = None  # where a training method keeps its resume point (None: no checkpoints)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,12 @@ class OnnxInt8Options(MethodOptions):
     calibration_texts: int = Field(256, ge=8, description="static: val texts used to calibrate activation ranges.")
     calibration_method: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="static: how ranges are set.")
     check_texts: int = Field(256, ge=1, description="Val texts on which label agreement with the source model is recorded.")
+    never_slower_than_plain: bool = Field(
+        True,
+        description="dynamic, from a PyTorch model: also build ONNX Runtime's plain recipe (export + quantize_dynamic, no fusions), "
+        "time both on val texts on this machine with the serving threads, and keep the faster graph.",
+    )
+    timing_texts: int = Field(512, ge=32, description="Val texts each candidate graph is timed on (3 interleaved passes).")
 
 
 class _Calibration:
@@ -83,4 +90,28 @@ class OnnxInt8(Method):
             quantize(fp32, dst / "model.onnx", opts, Tokenize(src, manifest.max_length), val[: opts.calibration_texts])
         lineage = [*manifest.lineage, *([] if manifest.format == "onnx" else ["onnx_export"]), f"{self.name}-{opts.mode}"]
         finish(src, dst, manifest.derive(format="onnx", dtype="int8", lineage=lineage))
-        return StepReport(metrics={"agreement_with_source": agreement(src, dst, val[: opts.check_texts])}, notes=notes)
+        report = StepReport(metrics={}, notes=notes)
+        if opts.mode == "dynamic" and manifest.format == "hf" and opts.never_slower_than_plain:
+            report = keep_faster(src, dst, val[: opts.timing_texts], ctx.serve_threads, report)
+        report.metrics["agreement_with_source"] = agreement(src, dst, val[: opts.check_texts])
+        return report
+
+
+def keep_faster(src: Path, dst: Path, texts: list[str], threads: int, report: StepReport) -> StepReport:
+    """Race frugal's fused int8 graph in `dst` against the plain recipe on this machine; `dst` ends up holding the faster.
+
+    Which graph wins depends on the CPU's int8 kernels (VNNI, AMX): measuring beats guessing.
+    """
+    from tasks.compress.onnx_plain import plain_int8, race
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "plain"
+        shutil.copytree(dst, plain, ignore=shutil.ignore_patterns("model.onnx"))
+        plain_int8(src, plain / "model.onnx")
+        fused_tps, plain_tps = race([dst, plain], texts, threads)
+        report.metrics |= {"candidate_fused_per_s": fused_tps, "candidate_plain_per_s": plain_tps}
+        report.params["graph"] = "fused" if fused_tps >= plain_tps else "plain"
+        if plain_tps > fused_tps:
+            shutil.copy(plain / "model.onnx", dst / "model.onnx")
+            report.notes.append(f"kept the plain recipe's graph: {plain_tps:.0f} vs {fused_tps:.0f} texts/s for the fused one here")
+    return report
