@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,12 +12,12 @@ from conftest import LocalSplits as Splits
 from helpers import shrink
 
 from frugal.config import RunConfig
-from frugal.modelio import Manifest, count_params, load_torch
+from frugal.modelio import Manifest, count_params
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize
 from tasks import tracking
 from tasks.modeling import load_pretrained
-from tasks.training import _epoch_batches, train
+from tasks.training import _epoch_batches, predict_logits, train
 
 
 def store_client(smoke_cfg: RunConfig, store: ProjectPaths):  # noqa: ANN201
@@ -91,20 +93,59 @@ def test_a_crashed_run_resumes_from_its_checkpoint(tmp_path: Path, smoke_cfg: Ru
 def test_a_checkpoint_of_another_config_is_ignored(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
     cfg = shrink(smoke_cfg, finetune={"checkpoint_every_steps": 5, "epochs": 1}).finetune
     train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    tokenize = Tokenize(baseline.model_dir, 64)
     ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "progress.json").write_text('{"key": "other", "step": 3}')
-    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
-    result = train(model, Tokenize(baseline.model_dir, 64), train_df, val_df, smoke_cfg.data.labels, cfg, 0, ckpt, "key-2")
-    assert result.steps > 3 and len(result.history) >= 1
+    labels = smoke_cfg.data.labels
+
+    def counter(seen: list[int], crash_at: int = 0):  # noqa: ANN202
+        def loss(logits: torch.Tensor, targets: torch.Tensor, idx: object) -> torch.Tensor:
+            seen.append(1)
+            if len(seen) == crash_at:
+                raise Crash
+            return torch.nn.functional.cross_entropy(logits, targets)
+
+        return loss
+
+    # A real, resumable checkpoint at step 10, written by a run of another config (key "other").
+    with pytest.raises(Crash):
+        train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, ckpt, "other",
+              loss_fn=counter([], crash_at=12))  # fmt: skip
+    planted = json.loads((ckpt / "progress.json").read_text())
+    assert (planted["key"], planted["step"]) == ("other", 10)
+
+    steps: list[int] = []
+    result = train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, ckpt, "key-2",
+                   loss_fn=counter(steps))  # fmt: skip
+    # Resuming would have skipped the first 10 steps (see the crash test): this run trained every step itself.
+    assert result.resumed_from_step == 0 and len(steps) == result.steps > 10
 
 
-def test_saved_baseline_reloads_with_identical_predictions(baseline: Variant, smoke_splits: Splits) -> None:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(logits).double().softmax(dim=1).numpy()
+
+
+def test_saved_model_reloads_with_the_predictions_it_had_in_memory(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits) -> None:
+    """What is saved is the model as trained (its best weights and head), not a re-initialised or stale copy."""
     from helpers import sample_texts
 
+    from frugal.modelio import save_hf
     from frugal.runtime import load_predictor
+    from tasks.modeling import load_tokenizer, save_tokenizer
 
+    cfg = shrink(smoke_cfg, finetune={"epochs": 1}).finetune
+    labels, out = smoke_cfg.data.labels, tmp_path / "model"
+    save_tokenizer(load_tokenizer(smoke_cfg.model), out)
+    tokenize = Tokenize(out, 64)
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    model = load_pretrained(smoke_cfg.model, labels, 0)
+    untrained = load_pretrained(smoke_cfg.model, labels, 0)
+    train(model, tokenize, train_df, val_df, labels, cfg, 0, None, "")
     texts = sample_texts(smoke_splits)
-    first, second = load_predictor(baseline.model_dir), load_predictor(baseline.model_dir)
-    assert (first.predict_proba(texts) == second.predict_proba(texts)).all()
-    assert isinstance(load_torch(baseline.model_dir), torch.nn.Module)
+    in_memory = softmax(predict_logits(model, tokenize, texts, "cpu"))
+    save_hf(model, out, Manifest(format="hf", labels=labels, max_length=64, params=count_params(model)))
+
+    reloaded = load_predictor(out).predict_proba(texts)
+    # Same weights, different batching (padding): equal up to float32 rounding.
+    assert np.abs(reloaded - in_memory).max() < 1e-5
+    # ...and training moved the model well beyond that tolerance, so a reload of fresh weights could not pass.
+    assert np.abs(softmax(predict_logits(untrained, tokenize, texts, "cpu")) - in_memory).max() > 0.05
