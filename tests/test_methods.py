@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import Built as Variant
 from conftest import LocalSplits as Splits
@@ -140,6 +141,13 @@ def test_a_chain_logs_each_step_and_its_lineage(
     assert lineage == ["distill-1L", "prune", "onnx_export", "onnx_int8-dynamic"]
 
 
+# KL(teacher || student) on val of a 1-layer student distilled (alpha=1, lr 1e-3, 20 steps) on 16 labelled + 304
+# transfer rows, over that of one trained the same 20 steps on the 16 labelled rows alone. Measured with seeds 42
+# (this test's), 4, 1, 3: 0.18 (0.0097 vs 0.055), 0.15, 0.39, 0.22; training without them stays near the untrained
+# student's 0.050, with them it falls to 0.006-0.012. The bound leaves room for another CPU's float rounding.
+TRANSFER_MAX_KL_RATIO = 0.5
+
+
 def test_transfer_rows_hide_their_labels_and_still_teach(
     smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths, baseline: Variant, tmp_path: Path
 ) -> None:
@@ -153,8 +161,18 @@ def test_transfer_rows_hide_their_labels_and_still_teach(
     assert len(labelled) == 200 and len(mixed) == 300
     assert mixed["label"].iloc[:200].notna().all() and mixed["label"].iloc[200:].isna().all()
     assert not set(mixed["text"].iloc[200:]) & set(labelled["text"])
-    report = (
-        get_method("distill").from_config({"layers": 1, "epochs": 1, "transfer_rows": 100}).apply(baseline.model_dir, tmp_path / "d", ctx)
-    )
-    assert report.params["train_steps"] == 300 // smoke_cfg.finetune.batch_size + (300 % smoke_cfg.finetune.batch_size > 0)
-    assert np.isfinite(report.metrics["best_val_macro_f1"])
+
+    # Teaching: with alpha=1 labels carry no weight, so the transfer rows' texts (with the teacher's soft targets)
+    # are the only difference between the two students; both take the same 20 steps. (The smoke learning rate,
+    # 3e-3, is set for a random BERT to learn at all; it shakes a student so much that the comparison is noise.)
+    ctx = context(StepSettings.of(shrink(smoke_cfg, finetune={"max_rows": 16})), smoke_splits.dir, store)
+    val = list(pd.read_parquet(smoke_splits.path("val"))["text"])
+    teacher = load_predictor(baseline.model_dir).predict_proba(val)
+    kl = {}
+    for name, rows, epochs in (("with", 304, 1.0), ("without", 0, 20.0)):
+        options = {"layers": 1, "alpha": 1.0, "learning_rate": 1e-3, "epochs": epochs, "transfer_rows": rows}
+        report = get_method("distill").from_config(options).apply(baseline.model_dir, tmp_path / name, ctx)
+        assert report.params["train_steps"] == 20
+        student = load_predictor(tmp_path / name).predict_proba(val)
+        kl[name] = float(np.mean(np.sum(teacher * (np.log(teacher) - np.log(student)), axis=1)))
+    assert kl["with"] < TRANSFER_MAX_KL_RATIO * kl["without"], kl
