@@ -216,6 +216,30 @@ def test_an_unknown_family_is_skipped_naming_the_family_and_method(
     assert "supported families: BERT, DistilBERT, RoBERTa, DeBERTa-v2, ELECTRA, ModernBERT" in skipped.value.reason
 
 
+def test_an_unknown_family_still_exports_to_onnx(smoke_cfg: RunConfig, texts: list[str], ctx, tmp_path: Path) -> None:
+    """ONNX export needs no family: an unknown one is fused as far as the optimizer detects on its own."""
+    src = frugal_folder("albert", smoke_cfg.data.labels, texts, tmp_path / "albert", layers=1)
+    report = get_method("onnx_export").from_config({"check_texts": 16}).apply(src, tmp_path / "onnx", ctx)
+    assert report.metrics["onnx_max_abs_diff"] < FP32_MAX_ABS_DIFF
+
+
+def test_a_failed_fusion_keeps_the_unfused_graph_and_says_so(
+    smoke_cfg: RunConfig, texts: list[str], ctx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxruntime.transformers import optimizer
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("no fusion for this graph")
+
+    monkeypatch.setattr(optimizer, "optimize_model", broken)
+    src = frugal_folder("deberta-v2", smoke_cfg.data.labels, texts, tmp_path / "src", layers=1)
+    report = get_method("onnx_export").from_config({"check_texts": 16}).apply(src, tmp_path / "onnx", ctx)
+    assert report.params["fused"] is False and not any(key.startswith("fused_") for key in report.params)
+    expected = "DeBERTa-v2: ONNX Runtime graph fusion failed (ValueError: no fusion for this graph); the unfused graph is kept."
+    assert report.notes == [expected]
+    assert np.abs(logits(tmp_path / "onnx", texts) - logits(src, texts)).max() < FP32_MAX_ABS_DIFF
+
+
 # -- a pretrained head of another shape
 
 

@@ -22,7 +22,7 @@ from frugal.errors import SkipVariant
 from frugal.modelio import Manifest, copy_tokenizer, load_torch
 from frugal.runtime import Tokenize
 from tasks.compress._common import require_format, val_split
-from tasks.compress._families import family_of
+from tasks.compress._families import Family, family_of
 from tasks.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # in this order when the model takes them
@@ -77,33 +77,44 @@ def export(src: Path, onnx_path: Path, opset: int, optimize: bool, method: str =
             Logits().eval(), args, str(raw), input_names=names, output_names=["logits"],
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )  # fmt: skip
-    except Exception as exc:  # an exporter limitation for this architecture, not a broken model
+    except Exception as exc:
+        if _family(model) is not None:  # every known family exports (tested): this is a bug, not a limitation
+            raise
         raise SkipVariant(f"{method}: torch.onnx.export cannot export {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
     exported = Exported(inputs=names)
     if optimize:
-        exported.fused, exported.notes = _optimize(raw, onnx_path, model, {k: sample[k] for k in names}, method)
+        exported.fused, exported.notes = _optimize(raw, onnx_path, model, {k: sample[k] for k in names})
     if not onnx_path.is_file():
         raw.rename(onnx_path)
     raw.unlink(missing_ok=True)
     return exported
 
 
-def _optimize(raw: Path, out: Path, model: Any, sample: dict[str, np.ndarray], method: str) -> tuple[dict[str, int], list[str]]:
+def _family(model: Any) -> Family | None:
+    try:
+        return family_of(model, "onnx_export")
+    except SkipVariant:
+        return None
+
+
+def _optimize(raw: Path, out: Path, model: Any, sample: dict[str, np.ndarray]) -> tuple[dict[str, int], list[str]]:
     """Fuse `raw` into `out` with the family's settings; on failure or changed outputs write nothing and say why."""
     from onnxruntime.transformers import optimizer
 
-    family = family_of(model, method)
-    num_heads, hidden = family.onnx_fusion(model)  # 0 heads (uneven pruning): attention left unfused
+    family = _family(model)
+    name = family.name if family else type(model).__name__
+    # 0 heads: attention left unfused (uneven pruning), or for an unknown family detected by the optimizer where it can.
+    model_type, (num_heads, hidden) = (family.onnx_model_type, family.onnx_fusion(model)) if family else ("bert", (0, 0))
     try:
-        optimized = optimizer.optimize_model(str(raw), model_type=family.onnx_model_type, num_heads=num_heads, hidden_size=hidden)
+        optimized = optimizer.optimize_model(str(raw), model_type=model_type, num_heads=num_heads, hidden_size=hidden)
         optimized.save_model_to_file(str(out))
     except Exception as exc:
         out.unlink(missing_ok=True)
-        return {}, [f"{family.name}: ONNX Runtime graph fusion failed ({type(exc).__name__}: {exc}); the unfused graph is kept."]
+        return {}, [f"{name}: ONNX Runtime graph fusion failed ({type(exc).__name__}: {exc}); the unfused graph is kept."]
     diff = _graph_diff(raw, out, sample)
     if not diff <= FP32_TOLERANCE:  # also catches NaN
         out.unlink()
-        return {}, [f"{family.name}: the fused graph's logits differ from the unfused one by {diff:.2e}; the unfused graph is kept."]
+        return {}, [f"{name}: the fused graph's logits differ from the unfused one by {diff:.2e}; the unfused graph is kept."]
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}, []
 
 

@@ -132,7 +132,7 @@ def prune_ffn(family: Family, layer: torch.nn.Module, keep: torch.Tensor) -> Non
 
 
 def ffn_norms(family: Family, layer: torch.nn.Module) -> torch.Tensor:
-    """Each FFN neuron's weight norm over its rows in the input projection(s): a data-free importance."""
+    """Each FFN neuron's squared weight norm over its rows in the input projection(s): a data-free importance."""
     return sum(per_unit(linear.weight.detach().pow(2).sum(1), 1, proj.blocks) for proj, linear in family.projections(layer, family.ffn_in))
 
 
