@@ -107,10 +107,13 @@ def main() -> int:
     parser.add_argument("-c", "--config", default="benchmark")
     parser.add_argument("--project-dir", default=str(ROOT / "benchmarks" / "results" / "project"))
     parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/<config>.md)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse stages an earlier run of the same code cached in --project-dir (they are not re-timed)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Every stage is recomputed: results cached by an earlier run would time nothing (like `frugal run --fresh`).
-    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "false" if args.reuse else "true"
     Path(args.project_dir).mkdir(parents=True, exist_ok=True)
     from flows.pipeline import run
     from frugal.config import load_config
