@@ -3,10 +3,11 @@
 Built after the step chains, in the parent flow (a cascade only reads two finished models and
 runs them over the val split: light work, no pool needed). The threshold is calibrated on the
 val split, never on test: the **lowest** threshold (the least deferral, so the cheapest) whose
-val macro-F1 is >= the baseline's val macro-F1 - `select.tolerance`. When only deferring every
-text meets that bar, or nothing does, the cascade is recorded as *skipped* with the figures:
-deferring everything costs more than the strong part alone at the strong part's quality, so
-such a cascade could never be worth measuring. A `threshold` in the config is used as given.
+val macro-F1 is >= the baseline's val macro-F1 - `select.tolerance`. When the cheap part alone
+meets that bar (the threshold would be 0), when only deferring every text meets it, or when nothing
+does, the cascade is recorded as *skipped* with the figures: a cascade that never defers is the
+cheap part plus a second model to load, one that defers everything costs more than the strong
+part alone, so neither could be worth measuring. A `threshold` in the config is used as given.
 
 The cascade is then measured on the test split like every variant (tasks/evaluate.py), its
 measured deferral share reported as `deferred_share` (frugal.cascade.CascadePredictor.extra_metrics).
@@ -94,7 +95,9 @@ def macro_f1(proba: np.ndarray, truth: np.ndarray) -> float:
 
 
 def calibrate(cheap: np.ndarray, strong: np.ndarray, truth: np.ndarray, floor: float) -> Calibration:
-    """The lowest threshold whose val macro-F1 is >= floor; SkipVariant when only deferring everything, or nothing, meets it.
+    """The lowest threshold > 0 whose val macro-F1 is >= floor.
+
+    SkipVariant when the cheap part alone (deferring nothing) meets it, when only deferring everything does, or nothing does.
 
     Candidates sit between consecutive distinct confidences (rows of equal confidence are deferred together), at the
     midpoint, so a test text a little less sure than the least sure one the cheap part answers on val is deferred too.
@@ -102,6 +105,8 @@ def calibrate(cheap: np.ndarray, strong: np.ndarray, truth: np.ndarray, floor: f
     confidence, f1 = macro_f1_by_deferral(cheap, strong, truth, cheap.shape[1])
     n = len(confidence)
     cuts = [0] + [k for k in range(1, n) if confidence[k - 1] < confidence[k]]  # k = n (defer every row) is not a candidate
+    if f1[0] >= floor - F1_SLACK:  # the threshold would be 0: a cascade that never defers is the cheap part plus a load
+        raise SkipVariant(f"the cheap part alone keeps val macro-F1 >= {floor:.4f} ({f1[0]:.4f}): the cascade would defer nothing")
     for k in cuts:
         if f1[k] >= floor - F1_SLACK:
             middle = (confidence[k - 1] + confidence[k]) / 2 if k else 0.0

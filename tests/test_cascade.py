@@ -84,14 +84,15 @@ def test_calibration_picks_the_lowest_threshold_that_keeps_the_bar() -> None:
     assert perfect.deferred_share_val == pytest.approx(2 / 6) and perfect.threshold == pytest.approx(0.55)
     assert perfect.val_macro_f1 == pytest.approx(1.0)
     assert (deferred(cheap, perfect.threshold) == [True, True, False, False, False, False]).all()
-    lenient = calibrate(cheap, strong, truth, floor=0.0)  # anything goes: defer nothing
-    assert lenient.threshold == 0.0 and lenient.deferred_share_val == 0.0
     one_off = calibrate(cheap, strong, truth, floor=0.8)  # one wrong row is tolerated: defer the least sure only
     assert one_off.deferred_share_val == pytest.approx(1 / 6) and one_off.threshold == pytest.approx(0.45)
 
 
-def test_calibration_skips_a_cascade_that_must_defer_everything_or_cannot_reach_the_bar() -> None:
+def test_calibration_skips_a_cascade_that_never_defers_must_defer_everything_or_cannot_reach_the_bar() -> None:
     truth = np.array([0, 1, 2, 0, 1, 2])
+    cheap = one_hot([1, 2, 2, 0, 1, 2], [0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # wrong on 2 of 6: macro-F1 about 0.66
+    with pytest.raises(SkipVariant, match="cheap part alone"):  # a bar the cheap part meets alone: nothing to defer
+        calibrate(cheap, one_hot(list(truth), [0.9] * 6), truth, floor=0.6)
     always_wrong = one_hot([1, 2, 0, 1, 2, 0], [0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     with pytest.raises(SkipVariant, match="only deferring every val text"):
         calibrate(always_wrong, one_hot(list(truth), [0.9] * 6), truth, floor=1.0)
