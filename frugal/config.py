@@ -343,7 +343,7 @@ class NoiseConfig(Strict):
 class ActiveConfig(Strict):
     """Active learning (`frugal active-learning`, flows/active.py): which rows to pay an annotator for next."""
 
-    seed_size: int = Field(gt=0, description="Labelled rows to start from (a stratified, seeded sample of the pool).")
+    seed_size: int = Field(gt=0, description="Labelled rows to start from: a seeded random sample of the pool (no label is known yet).")
     batch_size: int = Field(gt=0, description="Rows labelled per round.")
     rounds: int = Field(ge=1, description="Rounds of pick-label-retrain; the curve has seed + rounds points.")
     strategies: list[Literal["margin", "entropy", "random"]] = Field(

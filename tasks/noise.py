@@ -66,7 +66,8 @@ def find_issues(y: np.ndarray, pred_probs: np.ndarray, filter_by: str) -> np.nda
     """Indices of the rows cleanlab flags, most suspect (lowest self-confidence in the given label) first."""
     from cleanlab.filter import find_label_issues
 
-    return find_label_issues(y, pred_probs, filter_by=filter_by, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a process pool, whose workers' shutdown trips the runs' SIGTERM handler (and 2 cores gain nothing)
+    return find_label_issues(y, pred_probs, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1)
 
 
 def flagged_rows(train: pd.DataFrame, pred_probs: np.ndarray, issues: np.ndarray, labels: list[str], confidence: pd.Series) -> pd.DataFrame:
