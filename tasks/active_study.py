@@ -91,9 +91,10 @@ def curve_png(curves: list[Curve], full: float, target: float, usd_per_label: fl
     ax.set_ylabel("macro-F1 (test, cheap learner)")
     if usd_per_label > 0:  # the same axis in money: cost is labels x price
         top = ax.secondary_xaxis("top", functions=(lambda n: n * usd_per_label, lambda usd: usd / usd_per_label))
-        top.set_xlabel(f"annotation $ (at ${usd_per_label:g} per label)")
+        top.set_xlabel(f"annotation \\$ (at \\${usd_per_label:g} per label)")  # \\$: a bare $ starts matplotlib's math text
+    low = min(min(c.macro_f1) for c in curves)
+    ax.set_ylim(low - 0.01, max(full, *(max(c.macro_f1) for c in curves)) + 0.01)  # the full-data line stays inside the frame
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Active learning: quality per label bought", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
