@@ -114,3 +114,19 @@ def test_an_action_without_detection_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="action=drop needs detect: true"):
         load_config("smoke", ["annotation.noise.action=drop"])
     assert load_config("smoke", ["annotation.noise.action=drop", "annotation.noise.detect=true"]).annotation.noise.action == "drop"
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_label_noise_before_finetune_and_hands_it_the_flags(prefect_server: None, project: Path) -> None:
+    """Through the flow: the label_noise run is nested under the pipeline run, and fine-tuning down-weights what it flagged."""
+    from flows.pipeline import run
+
+    overrides = ["annotation.noise.detect=true", "annotation.noise.action=downweight", "annotation.noise.folds=3"]
+    result = run(config="smoke", overrides=overrides, project_dir=str(project), until="finetune")
+    mlc = tracking.mlflow_client()
+    children = mlc.search_runs([mlc.get_run(result.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    steps = {r.data.tags.get("step"): r for r in children}
+    noise, finetune = steps["label_noise"], steps["finetune"]
+    flagged = int(noise.data.metrics["flagged"])
+    assert flagged > 0 and finetune.data.params["label_noise"] == f"downweight {flagged} flagged (run {noise.info.run_id})"
+    assert noise.info.end_time <= finetune.info.start_time
