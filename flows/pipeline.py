@@ -1,5 +1,7 @@
 """The pipeline, as in DESIGN.md: prepare -> validate -> version -> finetune -> compress -> evaluate -> select -> package -> register.
 
+With annotation.noise.detect, a label_noise stage (tasks/noise.py) runs before finetune and hands it the flagged rows.
+
 Stages hand each other references (tasks/common.py). Fine-tuning, every compression step and
 every measurement are cached Prefect tasks whose results persist in `result_storage`: a rerun
 reuses what is done. `tasks.dispatch` sends them to work pools in `execution: workers`.
@@ -21,6 +23,7 @@ from tasks.data import prepare
 from tasks.dispatch import Dispatch, result_storage
 from tasks.evaluate import evaluate
 from tasks.modeling import check_source
+from tasks.noise import detect_label_noise, for_finetune
 from tasks.package import Registration, package, register
 from tasks.select import Selection, select
 from tasks.validate import validate
@@ -52,9 +55,11 @@ def pipeline(
         data = version_data(staged, cfg, paths, run_id)
         if until == "data":
             return stopped(run_id, data.md5, until)
+        noise = detect_label_noise(data, cfg, paths, run_id)  # None unless annotation.noise.detect
         base = on.finetune(
-            data=data, model=cfg.model, train_cfg=cfg.finetune, labels=cfg.data.labels, seed=cfg.seed, paths=paths, parent_run=run_id
-        )
+            data=data, model=cfg.model, train_cfg=cfg.finetune, labels=cfg.data.labels, seed=cfg.seed, paths=paths, parent_run=run_id,
+            noise=for_finetune(noise),
+        )  # fmt: skip
         if until == "finetune":
             return stopped(run_id, data.md5, until)
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]

@@ -24,6 +24,7 @@ from tasks.dispatch import storage_block
 from tasks.evaluate import Measurement, measure_model
 from tasks.finetune import finetune
 from tasks.locks import serialised
+from tasks.noise import NoiseRef
 
 
 def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, ProjectPaths]:
@@ -37,10 +38,10 @@ def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, 
 @flow(name="frugal-finetune", log_prints=True)
 def finetune_stage(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, parent_run: str,
-    tracking_uri: str, result_storage: str,
+    tracking_uri: str, result_storage: str, noise: NoiseRef | None = None,
 ) -> ModelRef:  # fmt: skip
     step, paths = _on_worker(finetune, tracking_uri, result_storage)
-    return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run)
+    return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run, noise=noise)
 
 
 @flow(name="frugal-compress-step", log_prints=True)

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("run_id", help="the MLflow parent run id (a variant's run id works too)")
     reproduce.add_argument("--project-dir", default=None, help="the project holding the run's MLflow store and DVC cache")
     _config_args(sub.add_parser("show-config", help="print the resolved config"))
+    _config_args(sub.add_parser("active-learning", help="labels (and $) each strategy needs to near full-data quality (annotation.active)"))
     doctor = sub.add_parser("doctor", help="close MLflow runs that a killed process left RUNNING, and list the ones still live")
     _config_args(doctor)
     deploy = sub.add_parser("deploy", help="register the stage and retraining deployments and the promotion limit on the Prefect API")
@@ -115,6 +116,14 @@ def _run(args: argparse.Namespace) -> int:
     print(result.selection.table_md)
     print(f"Champion: {result.selection.champion.variant}. Registry: {result.registration.reason}")
     print("See it side by side: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def _active_learning(args: argparse.Namespace) -> int:
+    from flows.active import active_learning
+
+    result = active_learning(config=args.config, overrides=args.overrides, project_dir=args.project_dir)
+    print(f"\nMLflow run {result.run_id} (plot: active_learning/learning_curve.png)\n\n{result.table_md}")
     return 0
 
 
@@ -259,7 +268,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "show-config": _show_config, "doctor": _doctor, "deploy": _deploy, "worker": _worker, "reproduce": _reproduce,
-            "compare": _compare, "feedback": _feedback, "keys": _keys, "usage": _usage, "serve": _serve}  # fmt: skip
+            "compare": _compare, "feedback": _feedback, "keys": _keys, "usage": _usage, "serve": _serve,
+            "active-learning": _active_learning}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,10 +27,11 @@ from tasks.caching import digest
 from tasks.common import DataRef, ModelRef, stage
 from tasks.data import labelled_rows, read_split
 from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
+from tasks.noise import NoiseRef, flagged_texts, treated, weighted_cross_entropy
 from tasks.training import TrainResult, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "frugal.modelio", "frugal.runtime")
+CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio", "frugal.runtime")
 
 
 def train_usd(seconds: float, cfg: TrainConfig) -> float:
@@ -50,14 +51,20 @@ def checkpoint_dir(paths: ProjectPaths, stage_name: str, *inputs: object) -> Pat
 
 @stage(name="finetune", cached=CODE)
 def finetune(
-    data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, paths: ProjectPaths, parent_run: str
-) -> ModelRef:
-    """Fine-tune every weight, keep the checkpoint with the best val macro-F1, log it on a `finetune` step run."""
+    data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, paths: ProjectPaths, parent_run: str,
+    noise: NoiseRef | None = None,
+) -> ModelRef:  # fmt: skip
+    """Fine-tune every weight, keep the checkpoint with the best val macro-F1, log it on a `finetune` step run.
+
+    `noise` (the label_noise stage's run) drops or down-weights the rows it flagged; None trains on every row alike.
+    """
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
     if adapter is not None and adapter.quantize_4bit:
         check_4bit(train_cfg)  # before any data or model is loaded
     splits = store.data_dir(data, paths)
-    ckpt = checkpoint_dir(paths, "finetune", data.md5, model, train_cfg, labels, seed)
+    ckpt = checkpoint_dir(paths, "finetune", data.md5, model, train_cfg, labels, seed, *([noise] if noise else []))
+    rows = labelled_rows(read_split(splits, "train"), train_cfg.max_rows, seed)
+    rows, weights = treated(rows, flagged_texts(noise), noise.action, noise.weight) if noise else (rows, None)
     with tracking.nested_run(parent_run, "finetune", {"kind": "step", "step": "finetune"}) as run_id, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
         tokenizer = load_tokenizer(model)
@@ -72,13 +79,14 @@ def finetune(
         result = train(
             net,
             Tokenize(out, model.max_length),
-            labelled_rows(read_split(splits, "train"), train_cfg.max_rows, seed),
+            rows,
             read_split(splits, "val"),
             labels,
             train_cfg,
             seed,
             checkpoint_dir=ckpt,
             resume_key=ckpt.name,
+            loss_fn=None if weights is None else weighted_cross_entropy(weights),
             desc="finetune",
         )
         if adapter is not None:
@@ -87,6 +95,7 @@ def finetune(
         save_hf(net, out, Manifest(format="hf", labels=labels, max_length=model.max_length, params=total))
         params, metrics = training_record(result, train_cfg, total)
         params["adapter"] = "none" if adapter is None else ("qlora" if adapter.quantize_4bit else "lora")
+        params |= {"label_noise": f"{noise.action} {noise.flagged} flagged (run {noise.run_id})", "train_rows": len(rows)} if noise else {}
         tracking.log_params(run_id, params)
         tracking.log_metrics(run_id, metrics)
         tracking.log_history(run_id, result.history)

@@ -15,7 +15,7 @@ from frugal.config import RunConfig
 
 # The stack whose versions decide the numbers; the lock hash pins the rest.
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "onnxruntime", "onnx", "optimum", "peft", "numpy",
-            "scikit-learn", "prefect", "mlflow", "dvc", "great-expectations")  # fmt: skip
+            "scikit-learn", "cleanlab", "prefect", "mlflow", "dvc", "great-expectations")  # fmt: skip
 CONFIG_ARTIFACT = "config.yaml"
 PROVENANCE_ARTIFACT = "provenance.json"
 

@@ -15,8 +15,9 @@ import yaml
 from frugal.config import load_config
 from frugal.paths import ROOT
 
-STAGES = {"data": {"seed", "data", "validation"}, "finetune": {"model", "finetune"}, "compress": {"compress"},
-          "evaluate": {"evaluate", "select"}}  # fmt: skip
+STAGES = {"data": {"seed", "data", "validation"},
+          "finetune": {"model", "finetune", "annotation.features", "annotation.c", "annotation.noise"},  # + the label_noise stage
+          "compress": {"compress"}, "evaluate": {"evaluate", "select"}}  # fmt: skip
 
 
 def test_params_yaml_agrees_with_the_default_config() -> None:
