@@ -2,7 +2,8 @@
 
 Every weight trains, or with `finetune.adapter.enabled` only LoRA adapters and the classifier head
 (QLoRA on a 4-bit copy with `quantize_4bit`, CUDA only), merged into the weights before saving, so
-the baseline is a plain `hf` folder either way. Decoder LLM classifiers (Llama, Qwen2) train too:
+the baseline is a plain `hf` folder either way; `finetune.precision` bf16/fp16 autocasts the compute
+over fp32 weights. Decoder LLM classifiers (Llama, Qwen2) train too:
 their config gets a pad id, by which the classifier finds each text's last token.
 
 A cached stage: rerunning the same data, model and fine-tuning settings reuses the model, and
@@ -27,7 +28,7 @@ from tasks.caching import digest
 from tasks.common import DataRef, ModelRef, stage
 from tasks.data import labelled_rows, read_split
 from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
-from tasks.training import TrainResult, ensure_pad_token_id, resolve_device, train
+from tasks.training import TrainResult, check_precision, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
 CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "frugal.modelio", "frugal.runtime")
@@ -54,8 +55,9 @@ def finetune(
 ) -> ModelRef:
     """Fine-tune every weight, keep the checkpoint with the best val macro-F1, log it on a `finetune` step run."""
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
+    check_precision(train_cfg)  # before any data or model is loaded: the baseline cannot be skipped
     if adapter is not None and adapter.quantize_4bit:
-        check_4bit(train_cfg)  # before any data or model is loaded
+        check_4bit(train_cfg)
     splits = store.data_dir(data, paths)
     ckpt = checkpoint_dir(paths, "finetune", data.md5, model, train_cfg, labels, seed)
     with tracking.nested_run(parent_run, "finetune", {"kind": "step", "step": "finetune"}) as run_id, tempfile.TemporaryDirectory() as tmp:
