@@ -21,11 +21,13 @@ from tasks import store as model_store
 from tasks import tracking
 from tasks.compression import build_variant, compress_step
 from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
-from tasks.training import TrainResult, train
+from tasks.training import train
 
 SKYLAKE = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8175M CPU @ 2.50GHz\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n"
-# On the smoke data the tiny model's best val macro-F1 after bf16 training was within 0.0 of the fp32 run's, measured on
-# an AMD EPYC with avx512_bf16 (both ~0.5; chance ~0.33). The bound leaves room for bf16 rounding moving a few val labels.
+# Measured on the 2-core AMD EPYC (avx512_bf16) this was written on, smoke model and data, 6 epochs on CPU: best val
+# macro-F1 0.482 in bf16 and 0.482 in fp32 with the baseline fixture's seed, 0.402 vs 0.394 with seed 0 (chance ~0.33).
+# bf16 rounding may move a few of the 60 val labels; the bound allows that and still fails a run that learned nothing
+# (a model answering one class for every text scores ~0.2 here).
 MAX_F1_GAP = 0.08
 
 
@@ -41,51 +43,42 @@ def run_names(store: ProjectPaths, cfg: RunConfig) -> list[tuple[str, str]]:
     return [(r.info.run_id, r.info.status) for r in mlc.search_runs(experiments)] if experiments else []
 
 
-def train_in(precision: str, cfg: RunConfig, splits: LocalSplits, tok: Path) -> tuple[torch.nn.Module, TrainResult, list[tuple]]:
-    """Train the tiny smoke model in `precision` on CPU; also return (training?, dtype, autocast on?) of each first-Linear forward."""
-    train_cfg = shrink(cfg, finetune={"precision": precision, "device": "cpu"}).finetune
-    model = load_pretrained(cfg.model, cfg.data.labels, 0)
-    forwards: list[tuple] = []
-    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-    hook = linear.register_forward_hook(lambda m, _i, out: forwards.append((m.training, out.dtype, torch.is_autocast_enabled("cpu"))))
-    train_df, val_df = pd.read_parquet(splits.path("train")), pd.read_parquet(splits.path("val"))
-    result = train(model, Tokenize(tok, 64), train_df, val_df, cfg.data.labels, train_cfg, 0, None, "")
-    hook.remove()
-    return model, result, forwards
-
-
-@pytest.mark.slow
-def test_bf16_training_on_a_cpu_with_bf16_kernels(smoke_cfg: RunConfig, smoke_splits: LocalSplits, tmp_path: Path) -> None:
+def test_bf16_training_runs_its_forward_in_bf16_over_fp32_weights(smoke_cfg: RunConfig, smoke_splits: LocalSplits, tmp_path: Path) -> None:
     needs_cpu_bf16()
     save_tokenizer(load_tokenizer(smoke_cfg.model), tmp_path)
-    model, result, forwards = train_in("bf16", smoke_cfg, smoke_splits, tmp_path)
+    cfg = shrink(smoke_cfg, finetune={"precision": "bf16", "device": "cpu", "epochs": 1}).finetune
+    model = load_pretrained(smoke_cfg.model, smoke_cfg.data.labels, 0)
+    forwards: list[tuple] = []  # (training?, output dtype, autocast on?) of each forward through the first Linear
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    hook = linear.register_forward_hook(lambda m, _i, out: forwards.append((m.training, out.dtype, torch.is_autocast_enabled("cpu"))))
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    result = train(model, Tokenize(tmp_path, 64), train_df, val_df, smoke_cfg.data.labels, cfg, 0, None, "")
+    hook.remove()
 
     training = [f for f in forwards if f[0]]
     assert len(training) == result.steps and all(f[1:] == (torch.bfloat16, True) for f in training), set(training)
     # Validation ran in fp32, outside autocast: model selection measures the fp32 model that is saved and served.
     assert {f[1:] for f in forwards if not f[0]} == {(torch.float32, False)}
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not .half(): the weights stay fp32
-    params, _ = result.record(1)
-    assert params["precision"] == "bf16"
-
-    _, fp32, fp32_forwards = train_in("fp32", smoke_cfg, smoke_splits, tmp_path)
-    assert {f[1:] for f in fp32_forwards} == {(torch.float32, False)}
-    assert result.best_val_macro_f1 > 0.34  # learned (chance ~0.33)
-    assert abs(result.best_val_macro_f1 - fp32.best_val_macro_f1) <= MAX_F1_GAP, (result.best_val_macro_f1, fp32.best_val_macro_f1)
+    assert result.record(1)[0]["precision"] == "bf16"
 
 
 @pytest.mark.slow
-def test_bf16_finetune_logs_its_precision_and_saves_fp32(smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPaths) -> None:
+def test_bf16_finetune_logs_its_precision_saves_fp32_and_scores_like_fp32(
+    baseline: Built, smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPaths
+) -> None:
     from tasks.finetune import finetune
 
     needs_cpu_bf16()
-    cfg = shrink(smoke_cfg, finetune={"precision": "bf16", "device": "cpu", "epochs": 2})
-    tracking.client(cfg, store)
+    cfg = shrink(smoke_cfg, finetune={"precision": "bf16"})  # the baseline fixture's config (fp32) but for the precision
+    mlc = tracking.client(cfg, store)
     with tracking.parent_run(cfg, store, run_name="bf16-finetune") as run_id:
         ref = finetune.fn(smoke_splits.ref, cfg.model, cfg.finetune, cfg.data.labels, cfg.seed, store, run_id)
-    run = tracking.client(cfg, store).get_run(ref.run_id)
-    assert run.info.status == "FINISHED" and run.data.params["precision"] == "bf16"
+    run, fp32 = mlc.get_run(ref.run_id), mlc.get_run(baseline.run_id)
+    assert run.info.status == "FINISHED" and (run.data.params["precision"], fp32.data.params["precision"]) == ("bf16", "fp32")
     assert {"train_seconds", "train_usd", "best_val_macro_f1"} <= set(run.data.metrics)
+    f1, fp32_f1 = run.data.metrics["best_val_macro_f1"], fp32.data.metrics["best_val_macro_f1"]
+    assert f1 > 0.34 and abs(f1 - fp32_f1) <= MAX_F1_GAP, (f1, fp32_f1)
     folder = model_store.model_dir(ref, store)
     assert all(p.dtype == torch.float32 for p in load_torch(folder).parameters())
     assert len(load_predictor(folder).predict(["a good day", "a bad day"])) == 2
