@@ -175,6 +175,10 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(description="auto picks CUDA when present.")
     threads: int = Field(gt=0, description="CPU threads for training.")
     instance: str = Field(description="Instance type in hardware.yaml that prices training time.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        description="Training compute: fp32; bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX-BF16); fp16 autocast with a "
+        "gradient scaler (CUDA only). Weights stay fp32 and the saved model is fp32 either way."
+    )
 
 
 class AdapterConfig(Strict):

@@ -51,3 +51,42 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     """The CPU's marketing name ("AMD EPYC 9R14 96-Core Processor"); the architecture where cpuinfo has none."""
     name = _field(read_cpuinfo() if cpuinfo is None else cpuinfo, "model name")
     return name or platform.processor() or platform.machine() or "unknown"
+
+
+# Any one of these flags gives the CPU native matmul kernels for the dtype (oneDNN uses them);
+# without one, PyTorch emulates the dtype in fp32 and half precision is slower than fp32.
+HALF_CPU_FLAGS = {"float16": ("avx512_fp16", "amx_fp16"), "bfloat16": ("avx512_bf16", "amx_bf16")}
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # training precision -> torch dtype name
+
+
+def half_unsupported(dtype: str, device: str, cpuinfo: str | None = None) -> str | None:
+    """Why `dtype` ("float16"/"bfloat16") matmuls have no native kernels on `device` ("cpu"/"cuda"), or None.
+
+    The one rule behind serving a half-precision variant and training under autocast.
+    """
+    import torch
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "the device is cuda but no CUDA device is visible"
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return "this GPU has no bfloat16 support"
+        return None
+    needed = HALF_CPU_FLAGS[dtype]
+    if set(needed) & cpu_flags(cpuinfo):
+        return None
+    which = f" ({cpu_name()})" if cpuinfo is None else ""  # given cpuinfo may be another CPU's
+    return f"{dtype} has no native matmul kernels on this CPU{which}: its /proc/cpuinfo flags have neither {' nor '.join(needed)}"
+
+
+def training_precision_unsupported(precision: str, device: str, cpuinfo: str | None = None) -> str | None:
+    """Why training in `precision` ("fp32"/"bf16"/"fp16") cannot run on `device`, or None where it can.
+
+    fp16 trains on CUDA only: its narrow exponent needs a gradient scaler, and CPUs with fp16
+    kernels (AVX512-FP16) are rare; bf16 has fp32's range, so it needs no scaler, only kernels.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device != "cuda":
+        return "fp16 training runs on CUDA only (fp16 autocast with a gradient scaler), and this training device is the CPU"
+    return half_unsupported(PRECISION_DTYPES[precision], device, cpuinfo)

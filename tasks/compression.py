@@ -21,6 +21,7 @@ from frugal.paths import ProjectPaths
 from tasks import store, tracking
 from tasks.common import DataRef, ModelRef, Ref, Variant, stage
 from tasks.compress import CompressContext, get_method
+from tasks.compress._common import check_training_precision
 from tasks.compress.base import StepReport
 from tasks.finetune import checkpoint_dir
 
@@ -57,6 +58,7 @@ def context(settings: StepSettings, data_dir: Path, paths: ProjectPaths, checkpo
 def compress_step(src: ModelRef, step: StepConfig, data: DataRef, settings: StepSettings, paths: ProjectPaths, parent_run: str) -> ModelRef:
     """Apply one method to the model `src`; log its options, report and model on a step run."""
     method = get_method(step.method).from_config(step.options())
+    check_training_precision(method.options, settings.train)  # on the machine that trains, before a step run exists
     ckpt = checkpoint_dir(paths, step.method, src, step, data.md5, settings) if method.heavy else None
     ctx = context(settings, store.data_dir(data, paths), paths, ckpt)
     tags = {"kind": "step", "step": step.method, "source_run": src.run_id}

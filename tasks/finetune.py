@@ -2,7 +2,8 @@
 
 Every weight trains, or with `finetune.adapter.enabled` only LoRA adapters and the classifier head
 (QLoRA on a 4-bit copy with `quantize_4bit`, CUDA only), merged into the weights before saving, so
-the baseline is a plain `hf` folder either way. Decoder LLM classifiers (Llama, Qwen2) train too:
+the baseline is a plain `hf` folder either way; `finetune.precision` bf16/fp16 autocasts the compute
+over fp32 weights. Decoder LLM classifiers (Llama, Qwen2) train too:
 their config gets a pad id, by which the classifier finds each text's last token.
 
 A cached stage: rerunning the same data, model and fine-tuning settings reuses the model, and
@@ -28,7 +29,7 @@ from tasks.common import DataRef, ModelRef, stage
 from tasks.data import labelled_rows, read_split
 from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
 from tasks.noise import NoiseRef, flagged_texts, treated, weighted_cross_entropy
-from tasks.training import TrainResult, ensure_pad_token_id, resolve_device, train
+from tasks.training import TrainResult, check_precision, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
 CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio", "frugal.runtime")
@@ -59,8 +60,9 @@ def finetune(
     `noise` (the label_noise stage's run) drops or down-weights the rows it flagged; None trains on every row alike.
     """
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
+    check_precision(train_cfg)  # before any data or model is loaded: the baseline cannot be skipped
     if adapter is not None and adapter.quantize_4bit:
-        check_4bit(train_cfg)  # before any data or model is loaded
+        check_4bit(train_cfg)
     splits = store.data_dir(data, paths)
     ckpt = checkpoint_dir(paths, "finetune", data.md5, model, train_cfg, labels, seed, *([noise] if noise else []))
     rows = labelled_rows(read_split(splits, "train"), train_cfg.max_rows, seed)

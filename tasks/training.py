@@ -1,7 +1,8 @@
 """One training loop for every stage that trains: fine-tuning, recovery after pruning, distillation, LoRA.
 
-Seeded batch order, model selection on val macro-F1, and checkpoints from which a crashed
-run resumes at the step it reached.
+Seeded batch order, model selection on val macro-F1, checkpoints from which a crashed
+run resumes at the step it reached, and mixed precision (`precision`: bf16 or fp16 autocast
+over fp32 weights, fp16 with a gradient scaler).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from frugal.config import TrainConfig
+from frugal.errors import ConfigError
+from frugal.hardware import PRECISION_DTYPES, training_precision_unsupported
 from frugal.runtime import Tokenize
 
 if TYPE_CHECKING:
@@ -50,14 +53,15 @@ class TrainResult:
     steps: int
     seconds: float
     device: str
+    precision: str  # the compute precision of the training steps (weights stay fp32)
     trainable_params: int  # what the optimizer updated: frozen embeddings and LoRA's frozen base are left out
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0  # > 0: this run continued a killed one from its checkpoint
 
     def record(self, total_params: int) -> tuple[dict[str, Any], dict[str, float]]:
         """Params and metrics every training step logs alike (fine-tuning, LoRA, distillation, pruning recovery)."""
-        params = {"train_device": self.device, "train_steps": self.steps, "trainable_params": self.trainable_params,
-                  "resumed_from_step": self.resumed_from_step}  # fmt: skip
+        params = {"train_device": self.device, "precision": self.precision, "train_steps": self.steps,
+                  "trainable_params": self.trainable_params, "resumed_from_step": self.resumed_from_step}  # fmt: skip
         return params, {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
 
 
@@ -86,10 +90,24 @@ def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        from frugal.errors import ConfigError
-
         raise ConfigError("finetune.device is cuda but no CUDA device is visible.", "Set finetune.device: auto or cpu.")
     return choice
+
+
+def precision_problem(cfg: TrainConfig) -> str | None:
+    """Why `cfg.precision` cannot train on `cfg.device` on this machine, or None where it can."""
+    return training_precision_unsupported(cfg.precision, resolve_device(cfg.device))
+
+
+def check_precision(cfg: TrainConfig) -> None:
+    """One ConfigError, before anything is loaded or written, where the hardware lacks the training precision."""
+    reason = precision_problem(cfg)
+    if reason:
+        raise ConfigError(
+            f"finetune.precision is {cfg.precision}, but {reason}.",
+            "Set finetune.precision: fp32 (runs anywhere), or bf16 on CUDA or a CPU with avx512_bf16 or amx_bf16; "
+            "fp16 needs a CUDA device.",
+        )
 
 
 def macro_f1(model: torch.nn.Module, tokenize: Tokenize, frame: pd.DataFrame, labels: list[str], device: str) -> float:
@@ -146,6 +164,7 @@ def train(
     import torch
     from tqdm.auto import tqdm
 
+    check_precision(cfg)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model.to(device).train()
@@ -156,9 +175,12 @@ def train(
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    # fp16's 5-bit exponent flushes small gradients to zero: the scaler multiplies the loss up before backward and
+    # skips a step whose gradients overflowed. Disabled (a pass-through) for fp32 and bf16, which has fp32's range.
+    scaler = torch.amp.GradScaler(device, enabled=cfg.precision == "fp16")
     state = _State(best_f1=-1.0, step=0, history=[], best=None)
     if checkpoint_dir is not None:
-        state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler) or state
+        state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler) or state
     resumed_from = state.step
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
     extra = {"output_hidden_states": outputs_loss.hidden_states, "output_attentions": outputs_loss.attentions} if outputs_loss else {}
@@ -171,14 +193,16 @@ def train(
         idx = batches[within]
         torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only: a resumed run repeats the original
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
-        with _autocast(device):
+        with _autocast(cfg.precision, device):  # the forward only: losses take fp32 logits, backward follows the forward's dtypes
             outputs = model(**batch, **extra)
         loss = loss_fn(outputs.logits.float(), torch.from_numpy(label_ids[idx]).to(device), idx)
         if outputs_loss is not None:
             loss = loss + outputs_loss.fn(outputs, batch, idx)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped for fp16 when a gradient overflowed; the schedule moves on regardless
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
@@ -188,13 +212,14 @@ def train(
             _evaluate(model, tokenize, val_df, labels, device, state, done, float(loss.item()))
         state.step, state.seconds = done, time.perf_counter() - started
         if checkpoint_dir is not None and (done % cfg.checkpoint_every_steps == 0) and done < total_steps:
-            _save_checkpoint(checkpoint_dir, resume_key, model, optimizer, scheduler, state)
+            _save_checkpoint(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler, state)
     bar.close()
     if state.best is not None:
         model.load_state_dict(state.best)
     model.eval()  # the checkpoint stays until the caller has stored the model (see tasks/finetune.py)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
-    return TrainResult(state.best_f1, total_steps, time.perf_counter() - started, device, trainable, state.history, resumed_from)
+    seconds = time.perf_counter() - started
+    return TrainResult(state.best_f1, total_steps, seconds, device, cfg.precision, trainable, state.history, resumed_from)
 
 
 @dataclass
@@ -243,14 +268,19 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> tu
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _autocast(device: str) -> Any:
+def _autocast(precision: str, device: str) -> Any:
+    """Autocast to the precision's dtype: matmuls run in bf16/fp16, precision-sensitive ops (softmax, norms) stay fp32.
+
+    Validation (`macro_f1`) runs outside it, in fp32: the model is saved and served in fp32, so model selection
+    measures what will serve, and the val F1 of an fp32 and a bf16 run compare like for like.
+    """
     import contextlib
 
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=getattr(torch, PRECISION_DTYPES[precision]))
 
 
 def _evaluate(
@@ -264,7 +294,7 @@ def _evaluate(
     log.info("step %d: val macro-F1 %.4f (best %.4f)", step, f1, state.best_f1)
 
 
-def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, state: _State) -> None:
+def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
     """Write to a temporary folder and rename, so a crash mid-write leaves the previous checkpoint intact."""
     import torch
     from safetensors.torch import save_file
@@ -275,14 +305,16 @@ def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     if state.best is not None:
         save_file({k: v.contiguous() for k, v in state.best.items()}, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    # The scaler's current loss scale resumes with the run (an empty dict when disabled).
+    states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+    torch.save(states, tmp / "optimizer.pt")
     progress = {"key": key, "step": state.step, "best_f1": state.best_f1, "history": state.history, "seconds": state.seconds}
     (tmp / "progress.json").write_text(json.dumps(progress))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)
 
 
-def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any) -> _State | None:
+def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> _State | None:
     import torch
     from safetensors.torch import load_file
 
@@ -297,6 +329,8 @@ def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any) ->
     states = torch.load(ckpt / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
+    if states["scaler"]:  # empty when the scaler was off (fp32, bf16)
+        scaler.load_state_dict(states["scaler"])
     best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
     log.info("Resuming from checkpoint at step %d", progress["step"])
     return _State(progress["best_f1"], progress["step"], progress["history"], best, progress.get("seconds", 0.0))

@@ -40,11 +40,12 @@ def first_linear(model: torch.nn.Module) -> torch.nn.Module:
     return next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def test_training_runs_on_cuda_under_bf16_autocast_with_fp32_weights(smoke_cfg: RunConfig, smoke_splits: Splits, tmp_path: Path) -> None:
+def train_on_cuda(precision: str, smoke_cfg: RunConfig, smoke_splits: Splits, tmp_path: Path) -> tuple[torch.nn.Module, object, list]:
+    """The smoke model trained on CUDA in `precision`; (training?, dtype, device, autocast on?) of each first-Linear forward."""
     from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
     from tasks.training import train
 
-    cfg = shrink(smoke_cfg, finetune={"device": "cuda"}).finetune
+    cfg = shrink(smoke_cfg, finetune={"device": "cuda", "precision": precision}).finetune
     labels = smoke_cfg.data.labels
     save_tokenizer(load_tokenizer(smoke_cfg.model), tmp_path / "tok")
     model = load_pretrained(smoke_cfg.model, labels, 0)
@@ -55,12 +56,37 @@ def test_training_runs_on_cuda_under_bf16_autocast_with_fp32_weights(smoke_cfg: 
     train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
     result = train(model, Tokenize(tmp_path / "tok", 64), train_df, val_df, labels, cfg, 0, None, "")
     hook.remove()
+    return model, result, forwards
 
+
+def test_training_runs_on_cuda_under_bf16_autocast_with_fp32_weights(smoke_cfg: RunConfig, smoke_splits: Splits, tmp_path: Path) -> None:
+    model, result, forwards = train_on_cuda("bf16", smoke_cfg, smoke_splits, tmp_path)
     training = [f for f in forwards if f[0]]
-    assert result.device == "cuda" and len(training) == result.steps
+    assert result.device == "cuda" and result.precision == "bf16" and len(training) == result.steps
     assert all(f[1:] == (torch.bfloat16, "cuda", True) for f in training), set(training)  # every step's matmuls ran in bf16
+    assert {f[1:] for f in forwards if not f[0]} == {(torch.float32, "cuda", False)}  # validation in fp32, as served
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 masters
     assert result.best_val_macro_f1 > 0.34  # it learned (chance is ~0.33)
+
+
+def test_fp16_training_on_cuda_scales_its_gradients(
+    smoke_cfg: RunConfig, smoke_splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scales: list[float] = []  # the loss scale after each step: 1.0 throughout would mean no scaler ran
+    update = torch.amp.GradScaler.update
+
+    def recording_update(self: torch.amp.GradScaler, *args: object) -> None:
+        update(self, *args)
+        scales.append(self.get_scale())
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", recording_update)
+    model, result, forwards = train_on_cuda("fp16", smoke_cfg, smoke_splits, tmp_path)
+    training = [f for f in forwards if f[0]]
+    assert result.precision == "fp16" and len(training) == result.steps
+    assert all(f[1:] == (torch.float16, "cuda", True) for f in training), set(training)
+    assert len(scales) == result.steps and min(scales) > 1.0  # GradScaler starts at 2**16 and halves only on overflow
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())  # no inf/NaN reached a weight
+    assert result.best_val_macro_f1 > 0.34
 
 
 def test_a_model_finetuned_on_cuda_serves_on_cpu_with_the_same_predictions(

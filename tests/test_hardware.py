@@ -1,4 +1,4 @@
-"""CPU naming and feature flags, and the half-precision rule built on them, checked on given cpuinfo, not this machine's."""
+"""CPU naming and feature flags, and the half-precision rules (serving and training) built on them, checked on given cpuinfo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from frugal.hardware import FEATURES, cpu_features, cpu_flags, cpu_name, read_cpuinfo
+from frugal.hardware import FEATURES, cpu_features, cpu_flags, cpu_name, read_cpuinfo, training_precision_unsupported
 from tasks.compress.half import unsupported
 
 # Two cores of a Sapphire Rapids box, trimmed: every core repeats the block.
@@ -26,6 +26,11 @@ processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8175M CPU @ 2.50GHz
 flags\t\t: fpu sse2 avx avx2 avx512f avx512bw
 """
+
+
+def cpuinfo_with(flags: set[str]) -> str:
+    """A one-core cpuinfo reporting `flags`."""
+    return f"processor\t: 0\nflags\t\t: fpu sse2 {' '.join(sorted(flags))}\n"
 
 
 def test_cpu_name_is_the_model_name_line() -> None:
@@ -66,7 +71,7 @@ def test_missing_cpuinfo_reads_as_empty(tmp_path: Path) -> None:
     ],
 )
 def test_half_on_a_cpu_without_its_flags_is_skipped_naming_them(dtype: str, flags: set[str], missing: str) -> None:
-    reason = unsupported(dtype, "cpu", flags)
+    reason = unsupported(dtype, "cpu", cpuinfo_with(flags))
     assert reason is not None and dtype in reason and missing in reason
 
 
@@ -75,9 +80,27 @@ def test_half_on_a_cpu_without_its_flags_is_skipped_naming_them(dtype: str, flag
     [("float16", {"avx512_fp16"}), ("float16", {"amx_fp16"}), ("bfloat16", {"avx512_bf16"}), ("bfloat16", {"amx_bf16"})],
 )
 def test_half_on_a_cpu_with_either_flag_runs(dtype: str, flags: set[str]) -> None:
-    assert unsupported(dtype, "cpu", flags) is None
+    assert unsupported(dtype, "cpu", cpuinfo_with(flags)) is None
 
 
 def test_half_reads_the_flags_of_a_real_cpuinfo() -> None:
-    assert unsupported("float16", "cpu", cpu_flags(SAPPHIRE_RAPIDS)) is None
-    assert unsupported("bfloat16", "cpu", cpu_flags(SKYLAKE)) is not None
+    assert unsupported("float16", "cpu", SAPPHIRE_RAPIDS) is None
+    assert unsupported("bfloat16", "cpu", SKYLAKE) is not None
+
+
+def test_fp32_training_runs_on_any_cpu() -> None:
+    assert training_precision_unsupported("fp32", "cpu", SKYLAKE) is None
+    assert training_precision_unsupported("fp32", "cpu", "") is None  # no cpuinfo at all (macOS, a sandbox)
+
+
+def test_bf16_training_needs_a_cpu_with_bf16_kernels() -> None:
+    assert training_precision_unsupported("bf16", "cpu", SAPPHIRE_RAPIDS) is None
+    assert training_precision_unsupported("bf16", "cpu", cpuinfo_with({"amx_bf16"})) is None
+    reason = training_precision_unsupported("bf16", "cpu", SKYLAKE)
+    assert reason is not None and "bfloat16" in reason and "avx512_bf16 nor amx_bf16" in reason
+
+
+def test_fp16_training_is_refused_on_every_cpu_even_one_with_fp16_kernels() -> None:
+    # Sapphire Rapids has avx512_fp16 and serves fp16 (above), but fp16 training needs CUDA's gradient scaler.
+    reason = training_precision_unsupported("fp16", "cpu", SAPPHIRE_RAPIDS)
+    assert reason is not None and "CUDA only" in reason

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from frugal.config import TrainConfig
+from frugal.errors import SkipVariant
 from frugal.modelio import Manifest
 from frugal.runtime import Tokenize
-from tasks.compress.base import CompressContext, StepReport
-from tasks.training import LossFn, TrainResult, predict_logits, resolve_device, train
+from tasks.compress.base import CompressContext, MethodOptions, StepReport
+from tasks.training import LossFn, TrainResult, precision_problem, predict_logits, resolve_device, train
 
 if TYPE_CHECKING:
     import torch
@@ -52,9 +54,38 @@ def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_ro
     return pd.concat([labelled, extra], ignore_index=True)
 
 
+class TrainingOptions(MethodOptions):
+    """Options of a method that trains (distill, prune recovery, LoRA, distill_student)."""
+
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="Training precision (see finetune.precision); null = finetune.precision. Skipped where the hardware lacks it."
+    )
+
+    def trains(self) -> bool:
+        return True
+
+
 def train_config(ctx: CompressContext, **overrides: Any) -> TrainConfig:
     """The fine-tuning settings with a method's own overrides (None = keep the fine-tuning value)."""
-    return ctx.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return training_settings(ctx.train, **overrides)
+
+
+def training_settings(train: TrainConfig, **overrides: Any) -> TrainConfig:
+    """`train` with the non-None overrides; SkipVariant where this machine cannot train in the resulting precision.
+
+    (A variant, unlike the baseline, can be left out, with the reason.)
+    """
+    cfg = train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    reason = precision_problem(cfg)
+    if reason:
+        raise SkipVariant(f"training precision {cfg.precision} is not available here: {reason}")
+    return cfg
+
+
+def check_training_precision(options: MethodOptions, train: TrainConfig) -> None:
+    """SkipVariant before a training method's step run starts, where this machine lacks its precision."""
+    if isinstance(options, TrainingOptions) and options.trains():
+        training_settings(train, precision=options.precision)
 
 
 def soft_targets(teacher: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str) -> np.ndarray:

@@ -14,13 +14,13 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.modelio import count_params, load_torch
-from tasks.compress._common import require_format, train_config, train_with_teacher, training_report
+from tasks.compress._common import TrainingOptions, require_format, train_config, train_with_teacher, training_report
 from tasks.compress._families import family_of
-from tasks.compress.base import CompressContext, MethodOptions, TorchMethod, register
+from tasks.compress.base import CompressContext, TorchMethod, register
 from tasks.compress.prune import ffn_norms, prune_ffn, top
 
 
-class DistillOptions(MethodOptions):
+class DistillOptions(TrainingOptions):
     layers: int = Field(3, ge=1, description="Student depth; its layers start as evenly spaced teacher layers.")
     intermediate_size: int | None = Field(None, ge=1, description="Narrower feed-forward width for the student; null = the teacher's.")
     transfer_rows: int = Field(
@@ -61,7 +61,7 @@ class Distill(TorchMethod):
         manifest = require_format(src, "hf", self.name)
         teacher = load_torch(src).float()
         student, notes = make_student(teacher, opts.layers, opts.intermediate_size, self.name)
-        cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate)
+        cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
         result = train_with_teacher(
             student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L", transfer_rows=opts.transfer_rows
         )

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from frugal.errors import SkipVariant
-from frugal.hardware import cpu_flags, cpu_name
+from frugal.hardware import half_unsupported
 from frugal.modelio import count_params, load_torch
 from tasks.compress._common import require_format
 from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
@@ -20,33 +20,12 @@ class HalfOptions(MethodOptions):
     )
 
 
-# Any one of these flags gives the CPU native matmul kernels for the dtype (oneDNN uses them);
-# without one, PyTorch emulates the dtype in fp32 and the variant is slower than the baseline.
-CPU_FLAGS = {"float16": ("avx512_fp16", "amx_fp16"), "bfloat16": ("avx512_bf16", "amx_bf16")}
-
-
-def unsupported(dtype: str, device: str, flags: set[str] | None = None) -> str | None:
-    """Why `dtype` cannot be served fast on `device`, or None when it can.
-
-    `flags` are the CPU's /proc/cpuinfo flags (default: this machine's), so the rule can be
-    checked for a CPU other than the one running it.
-    """
-    import torch
-
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            return "serving device is cuda but no CUDA device is visible"
-        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-            return "this GPU has no bfloat16 support"
-        return None
-    needed = CPU_FLAGS[dtype]
-    if set(needed) & (cpu_flags() if flags is None else flags):
-        return None
-    which = f" ({cpu_name()})" if flags is None else ""  # given flags may be another CPU's
-    return (
-        f"{dtype} has no native matmul kernels on this CPU{which}: its /proc/cpuinfo flags have neither "
-        f"{' nor '.join(needed)}; serve on a CPU with one of them or on a CUDA device"
-    )
+def unsupported(dtype: str, device: str, cpuinfo: str | None = None) -> str | None:
+    """Why `dtype` cannot be served fast on `device`, or None when it can (`cpuinfo`: another CPU's, default this one's)."""
+    reason = half_unsupported(dtype, device, cpuinfo)
+    if reason is None or device == "cuda":
+        return reason
+    return f"{reason}; serve on a CPU with one of them or on a CUDA device"
 
 
 @register

@@ -12,12 +12,12 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.modelio import count_params
-from tasks.compress._common import require_format, train_config, train_with_teacher, training_report
-from tasks.compress.base import CompressContext, MethodOptions, TorchMethod, register
+from tasks.compress._common import TrainingOptions, require_format, train_config, train_with_teacher, training_report
+from tasks.compress.base import CompressContext, TorchMethod, register
 from tasks.modeling import load_pretrained
 
 
-class LoraOptions(MethodOptions):
+class LoraOptions(TrainingOptions):
     r: int = Field(8, ge=1, description="Rank of the adapters.")
     alpha: int = Field(16, ge=1, description="Adapter scaling (lora_alpha).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
@@ -43,7 +43,7 @@ class Lora(TorchMethod):
             task_type=TaskType.SEQ_CLS, r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=opts.target_modules
         )
         model = get_peft_model(base, config)
-        cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate)
+        cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
         result = train_with_teacher(model, None, src, ctx, cfg, temperature=1.0, alpha=0.0, desc=f"lora r={opts.r}")
         merged = model.merge_and_unload().eval()
         report = training_report(result, total, starts_from="pretrained model")

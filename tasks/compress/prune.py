@@ -20,15 +20,15 @@ from pydantic import Field
 
 from frugal.modelio import count_params, load_torch
 from frugal.runtime import Tokenize
-from tasks.compress._common import labelled_train, require_format, train_config, train_with_teacher, training_report
+from tasks.compress._common import TrainingOptions, labelled_train, require_format, train_config, train_with_teacher, training_report
 from tasks.compress._families import Family, Proj, family_of
-from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
+from tasks.compress.base import CompressContext, StepReport, TorchMethod, register
 
 if TYPE_CHECKING:
     import torch
 
 
-class PruneOptions(MethodOptions):
+class PruneOptions(TrainingOptions):
     heads_fraction: float = Field(0.5, ge=0, lt=1, description="Share of attention heads removed in every layer.")
     ffn_fraction: float = Field(0.5, ge=0, lt=1, description="Share of feed-forward neurons removed in every layer.")
     importance_batches: int = Field(16, ge=1, description="Training batches the importance scores are summed over.")
@@ -39,6 +39,9 @@ class PruneOptions(MethodOptions):
         0, ge=0, description="Extra train rows, labels hidden, that the student learns on from the teacher's soft targets."
     )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
+
+    def trains(self) -> bool:
+        return self.recovery_epochs > 0  # no recovery: nothing trains, so no precision to lack
 
 
 def keep_rows(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
@@ -173,7 +176,7 @@ class Prune(TorchMethod):
         after = count_params(model)
         report = StepReport(params=params)
         if opts.recovery_epochs > 0:
-            cfg = train_config(ctx, epochs=opts.recovery_epochs, learning_rate=opts.learning_rate)
+            cfg = train_config(ctx, epochs=opts.recovery_epochs, learning_rate=opts.learning_rate, precision=opts.precision)
             result = train_with_teacher(
                 model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery", transfer_rows=opts.transfer_rows
             )

@@ -52,7 +52,7 @@ class StudentModel(MethodOptions):
         return self
 
 
-class StudentOptions(MethodOptions):
+class StudentOptions(common.TrainingOptions):
     student: StudentModel = Field(default_factory=StudentModel, description="The smaller pretrained model that learns.")
     layers: int | None = Field(None, ge=1, description="Keep only this many evenly spaced layers of the student; null = all.")
     intermediate: Literal["none", "hidden", "attention", "hidden+attention"] = Field(
@@ -207,7 +207,7 @@ class DistillStudent(TorchMethod):
         """Label the texts with the teacher (and its tokenizer), then train the student on them (with its own)."""
         opts: StudentOptions = self.options
         tokenize = Tokenize(scratch, max_length)
-        cfg = common.train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate)
+        cfg = common.train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
         device = resolve_device(cfg.device)
         train_df = common.with_transfer_rows(common.labelled_train(ctx), ctx, opts.transfer_rows)
         texts = list(train_df["text"])
