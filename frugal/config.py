@@ -194,6 +194,27 @@ class AdapterConfig(Strict):
     )
 
 
+class FederatedConfig(Strict):
+    """Federated fine-tuning with Flower (README 'Federated fine-tuning'): LoRA adapters trained where the data is, FedAvg-merged."""
+
+    enabled: bool = Field(description="Fine-tune by federated LoRA (FedAvg) across `clients` Flower SuperNodes, not centrally.")
+    clients: int = Field(ge=1, description="SuperNodes started, each holding one partition of the labelled train rows.")
+    partition_by: str | None = Field(
+        description="Column of the train split whose values decide each row's client (value i -> client i mod clients); "
+        "null = seeded stratified shards (every client gets every class)."
+    )
+    rounds: int = Field(ge=1, description="FedAvg rounds.")
+    clients_per_round: int = Field(ge=1, description="Clients sampled each round (at most `clients`).")
+    local_epochs: int = Field(ge=1, description="Passes each client makes over its own rows per round.")
+    round_timeout_seconds: int = Field(gt=0, description="Longest the server waits for the clients' replies in one round.")
+
+    @model_validator(mode="after")
+    def _per_round(self) -> FederatedConfig:
+        if self.clients_per_round > self.clients:
+            raise ValueError(f"clients_per_round={self.clients_per_round} is more than clients={self.clients}")
+        return self
+
+
 class FinetuneConfig(TrainConfig):
     max_rows: int | None = Field(
         gt=0,
@@ -201,6 +222,13 @@ class FinetuneConfig(TrainConfig):
         "Distillation and pruning recovery may add the other train rows as unlabelled transfer data.",
     )
     adapter: AdapterConfig
+    federated: FederatedConfig
+
+    @model_validator(mode="after")
+    def _federated_lora(self) -> FinetuneConfig:
+        if self.federated.enabled and self.adapter.quantize_4bit:
+            raise ValueError("federated fine-tuning trains plain LoRA adapters: set adapter.quantize_4bit: false")
+        return self
 
 
 class StepConfig(BaseModel):

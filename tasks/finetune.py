@@ -30,7 +30,8 @@ from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_toke
 from tasks.training import TrainResult, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "frugal.modelio", "frugal.runtime")
+CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "frugal.modelio", "frugal.runtime", "tasks.federated",
+        *(f"frugal.flower.frugal_fl.{m}" for m in ("server_app", "client_app", "task", "partition")))
 
 
 def train_usd(seconds: float, cfg: TrainConfig) -> float:
@@ -53,6 +54,10 @@ def finetune(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, paths: ProjectPaths, parent_run: str
 ) -> ModelRef:
     """Fine-tune every weight, keep the checkpoint with the best val macro-F1, log it on a `finetune` step run."""
+    if train_cfg.federated.enabled:  # LoRA across Flower clients, FedAvg-merged: tasks/federated.py
+        from tasks.federated import finetune_federated
+
+        return finetune_federated(data, model, train_cfg, labels, seed, paths, parent_run)
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
     if adapter is not None and adapter.quantize_4bit:
         check_4bit(train_cfg)  # before any data or model is loaded
