@@ -56,10 +56,10 @@ def check_partition(train: pd.DataFrame, cfg: FinetuneConfig) -> None:
 def finetune_federated(data: DataRef, model: ModelConfig, cfg: FinetuneConfig, labels: list[str], seed: int,
                        paths: ProjectPaths, parent_run: str) -> ModelRef:  # fmt: skip
     """Fine-tune by federated LoRA and log the merged baseline on a `finetune` step run, like the centralised path."""
-    env = flower_env.require(flower_env.env_dir())
     splits = store.data_dir(data, paths)
     train = labelled_rows(read_split(splits, "train"), cfg.max_rows, seed)
-    check_partition(train, cfg)
+    check_partition(train, cfg)  # user errors first, before any process starts or run is created
+    env = flower_env.require(flower_env.env_dir())
     with tracking.nested_run(parent_run, "finetune", {"kind": "step", "step": "finetune"}) as run_id, tempfile.TemporaryDirectory() as tmp:
         work, out = Path(tmp), Path(tmp) / "model"
         tokenizer = load_tokenizer(model)
@@ -232,8 +232,10 @@ def log_record(run_id: str, record: dict, cfg: FinetuneConfig, seconds: float, t
                                  "fl_clients_per_round": fed.clients_per_round, "fl_local_epochs": fed.local_epochs,
                                  "fl_partition_by": fed.partition_by or "stratified-shards",
                                  "fl_payload_keys": len(record["adapter_keys"]), "trainable_params": _adapter_params(rounds)})  # fmt: skip
-    keys = ("val_macro_f1", "bytes_sent", "bytes_received", "bytes_on_wire", "bytes_full_model", "replied")
+    keys = ("val_macro_f1", "bytes_sent", "bytes_received", "bytes_on_wire", "bytes_full_model", "clients", "replied")
     tracking.log_history(run_id, [{"step": r["round"], **{f"fl_{k}": r[k] for k in keys}} for r in rounds])
+    if dropped := [f"round {r['round']}: {reason}" for r in rounds for reason in r["failed"]]:  # those rounds completed without them
+        tracking.set_tags(run_id, {"fl_dropped": "; ".join(dropped)[:5000]})
     wire, full = sum(r["bytes_on_wire"] for r in rounds), sum(r["bytes_full_model"] for r in rounds)
     final = rounds[-1]["val_macro_f1"]  # the baseline is the last round's merge (no best-round pick, unlike central training)
     tracking.log_metrics(run_id, {"best_val_macro_f1": final, "trainable_share": _adapter_params(rounds) / total, "fl_bytes_on_wire": wire,

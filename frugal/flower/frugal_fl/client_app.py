@@ -18,7 +18,7 @@ from .task import Spec, adapter_state, load_model, set_adapter_state, train_loca
 
 app = ClientApp()
 
-# Test hook (tests/test_federated.py): the client of this partition dies in round 1, as a machine would.
+# Test hook (tests/test_federated.py): the clients of these partitions ("0", "0,1") die in round 1, as a machine would.
 FAIL_PARTITION = "FRUGAL_FL_FAIL_PARTITION"
 
 
@@ -27,7 +27,7 @@ def train(msg: Message, context: Context) -> Message:
     spec = Spec.load(str(context.run_config["spec"]))
     client, clients = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
-    if os.environ.get(FAIL_PARTITION) == str(client) and server_round == 1:
+    if str(client) in os.environ.get(FAIL_PARTITION, "").split(",") and server_round == 1:
         os._exit(17)  # no reply, no cleanup: what a crashed client looks like to the SuperNode
     rows = rows_of(pd.read_parquet(spec.train_file), client, clients, spec.partition_by, spec.seed)
     net, tokenizer = load_model(spec)
