@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one serve setting, e.g. -s port=9000 (repeatable)")  # fmt: skip
     serve.add_argument("--project-dir", default=None, help="where mlflow.db and serve.db live when the config leaves them null")
+    fed = sub.add_parser("federated-env", help="make the Flower environment federated fine-tuning runs in (requirements/flower-lock.txt)")
+    fed.add_argument("--path", default=None, help="where to make it (default: $FRUGAL_FLOWER_ENV, else .frugal/envs/flower in the repo)")
     return parser
 
 
@@ -219,6 +221,19 @@ def _feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federated_env(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from frugal import flower_env
+
+    env = Path(args.path).resolve() if args.path else flower_env.env_dir()
+    made = flower_env.ensure(env)
+    print(f"Flower environment {'made' if made else 'already up to date'} at {env}")
+    if args.path and env != flower_env.env_dir():
+        print(f"Federated runs use it when {flower_env.ENV_VAR}={env} is set.")
+    return 0
+
+
 def _serve_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--serve-config", default="serve", help="serve config name or YAML path (default: serve)")
     cmd.add_argument("--project-dir", default=None, help="the project whose serve.db holds the keys when database_url is null "
@@ -269,7 +284,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": _run, "show-config": _show_config, "doctor": _doctor, "deploy": _deploy, "worker": _worker, "reproduce": _reproduce,
             "compare": _compare, "feedback": _feedback, "keys": _keys, "usage": _usage, "serve": _serve,
-            "active-learning": _active_learning}  # fmt: skip
+            "active-learning": _active_learning, "federated-env": _federated_env}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -198,6 +198,27 @@ class AdapterConfig(Strict):
     )
 
 
+class FederatedConfig(Strict):
+    """Federated fine-tuning with Flower (README 'Federated fine-tuning'): LoRA adapters trained where the data is, FedAvg-merged."""
+
+    enabled: bool = Field(description="Fine-tune by federated LoRA (FedAvg) across `clients` Flower SuperNodes, not centrally.")
+    clients: int = Field(ge=1, description="SuperNodes started, each holding one partition of the labelled train rows.")
+    partition_by: str | None = Field(
+        description="Column of the train split whose values decide each row's client (value i -> client i mod clients); "
+        "null = seeded stratified shards (every client gets every class)."
+    )
+    rounds: int = Field(ge=1, description="FedAvg rounds.")
+    clients_per_round: int = Field(ge=1, description="Clients sampled each round (at most `clients`).")
+    local_epochs: int = Field(ge=1, description="Passes each client makes over its own rows per round.")
+    round_timeout_seconds: int = Field(gt=0, description="Longest the server waits for the clients' replies in one round.")
+
+    @model_validator(mode="after")
+    def _per_round(self) -> FederatedConfig:
+        if self.clients_per_round > self.clients:
+            raise ValueError(f"clients_per_round={self.clients_per_round} is more than clients={self.clients}")
+        return self
+
+
 class FinetuneConfig(TrainConfig):
     max_rows: int | None = Field(
         gt=0,
@@ -205,6 +226,13 @@ class FinetuneConfig(TrainConfig):
         "Distillation and pruning recovery may add the other train rows as unlabelled transfer data.",
     )
     adapter: AdapterConfig
+    federated: FederatedConfig
+
+    @model_validator(mode="after")
+    def _federated_lora(self) -> FinetuneConfig:
+        if self.federated.enabled and self.adapter.quantize_4bit:
+            raise ValueError("federated fine-tuning trains plain LoRA adapters: set adapter.quantize_4bit: false")
+        return self
 
 
 class StepConfig(BaseModel):
@@ -441,6 +469,17 @@ class RunConfig(Strict):
         for where, name in (("finetune.instance", self.finetune.instance), ("evaluate.instance", self.evaluate.instance)):
             if name not in prices:
                 raise ValueError(f"{where}={name!r} is not in configs/hardware.yaml ({', '.join(sorted(prices))})")
+        return self
+
+    @model_validator(mode="after")
+    def _federated_alone(self) -> RunConfig:
+        # Federated rows never leave their clients: a central label-noise pass over them would contradict that,
+        # and the Flower clients train in fp32 only (precision is not passed to frugal/flower yet).
+        if self.finetune.federated.enabled and self.annotation.noise.detect:
+            raise ValueError("finetune.federated.enabled with annotation.noise.detect: the noise pass reads every client's rows "
+                             "centrally; set annotation.noise.detect: false")  # fmt: skip
+        if self.finetune.federated.enabled and self.finetune.precision != "fp32":
+            raise ValueError(f"finetune.federated trains in fp32 only; set finetune.precision: fp32 (not {self.finetune.precision})")
         return self
 
     @property

@@ -10,7 +10,7 @@ MLflow store, because a reference means something only in the store that holds i
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,8 @@ class TrackingStore(CachePolicy):
 def code_version(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for name in sorted(modules):
-        source = importlib.import_module(name).__file__
+        # The file, not the module: the Flower App's modules (frugal.flower) import flwr, which only its own environment has.
+        source = importlib.util.find_spec(name).origin
         digest.update(name.encode() + Path(source or "").read_bytes())
     return digest.hexdigest()[:16]
 

@@ -32,7 +32,8 @@ from tasks.noise import NoiseRef, flagged_texts, treated, weighted_cross_entropy
 from tasks.training import TrainResult, check_precision, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio", "frugal.runtime")
+CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio", "frugal.runtime",
+        "tasks.federated", *(f"frugal.flower.frugal_fl.{m}" for m in ("server_app", "client_app", "task", "partition")))
 
 
 def train_usd(seconds: float, cfg: TrainConfig) -> float:
@@ -59,6 +60,10 @@ def finetune(
 
     `noise` (the label_noise stage's run) drops or down-weights the rows it flagged; None trains on every row alike.
     """
+    if train_cfg.federated.enabled:  # LoRA across Flower clients, FedAvg-merged: tasks/federated.py
+        from tasks.federated import finetune_federated
+
+        return finetune_federated(data, model, train_cfg, labels, seed, paths, parent_run)
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
     check_precision(train_cfg)  # before any data or model is loaded: the baseline cannot be skipped
     if adapter is not None and adapter.quantize_4bit:

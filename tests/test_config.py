@@ -134,3 +134,13 @@ def test_a_full_commit_pin_is_accepted_and_lets_that_commit_run_its_code() -> No
     assert _source(cfg.model) == ("org/model", {"revision": COMMIT, "trust_remote_code": True})
     with pytest.raises(ModelError, match=f"only at revision {COMMIT}"):
         check_source(load_config("smoke", [*hub, "model.revision=main"]).model)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("annotation.noise.detect=true", r"annotation\.noise\.detect: false"), ("finetune.precision=bf16", r"finetune\.precision: fp32")],
+)
+def test_federated_refuses_what_would_read_client_rows_centrally_or_train_outside_fp32(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config("smoke", ["finetune.federated.enabled=true", override])
+    load_config("smoke", [override])  # alone, each is a valid setting
