@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -295,11 +296,17 @@ def _evaluate(
 
 
 def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
-    """Write to a temporary folder and rename, so a crash mid-write leaves the previous checkpoint intact."""
+    """Write the step's folder in full, then point progress.json at it with one atomic rename.
+
+    A process killed at any instant (SIGKILL, out of memory) leaves progress.json naming a complete
+    folder: the previous step's until the rename, this one's after. (Removing the old folder before
+    renaming the new one in its place left a window with no checkpoint at all.)
+    """
     import torch
     from safetensors.torch import save_file
 
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    folder = ckpt / f"step-{state.step:09d}"
+    tmp = ckpt / f".writing-{state.step:09d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -308,10 +315,15 @@ def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler
     # The scaler's current loss scale resumes with the run (an empty dict when disabled).
     states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     torch.save(states, tmp / "optimizer.pt")
-    progress = {"key": key, "step": state.step, "best_f1": state.best_f1, "history": state.history, "seconds": state.seconds}
-    (tmp / "progress.json").write_text(json.dumps(progress))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    tmp.rename(ckpt)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    progress = {"key": key, "step": state.step, "folder": folder.name, "best_f1": state.best_f1, "history": state.history,
+                "seconds": state.seconds}  # fmt: skip
+    (ckpt / "progress.json.tmp").write_text(json.dumps(progress))
+    os.replace(ckpt / "progress.json.tmp", ckpt / "progress.json")
+    for old in ckpt.glob("step-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> _State | None:
@@ -325,12 +337,16 @@ def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, sc
     if progress["key"] != key:
         log.info("Ignoring checkpoint in %s: it belongs to another config or data version", ckpt)
         return None
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    states = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    if "folder" not in progress:  # written by an older frugal, which kept the files beside progress.json
+        log.info("Ignoring checkpoint in %s: an older checkpoint layout", ckpt)
+        return None
+    folder = ckpt / progress["folder"]
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    states = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     if states["scaler"]:  # empty when the scaler was off (fp32, bf16)
         scaler.load_state_dict(states["scaler"])
-    best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
+    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
     log.info("Resuming from checkpoint at step %d", progress["step"])
     return _State(progress["best_f1"], progress["step"], progress["history"], best, progress.get("seconds", 0.0))

@@ -90,6 +90,36 @@ def test_a_crashed_run_resumes_from_its_checkpoint(tmp_path: Path, smoke_cfg: Ru
     assert len(resumed) == result.steps - 10  # picked up after the checkpoint at step 10
 
 
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_one_before(
+    tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies inside the second save (step 10), at its folder's rename: the step-5 checkpoint must still resume."""
+    cfg = shrink(smoke_cfg, finetune={"checkpoint_every_steps": 5, "epochs": 1}).finetune
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    tokenize, labels, ckpt = Tokenize(baseline.model_dir, 64), smoke_cfg.data.labels, tmp_path / "ckpt"
+    renames: list[Path] = []
+    real_rename = Path.rename
+
+    def dies_on_the_second(self: Path, target: Path) -> Path:
+        renames.append(self)
+        if len(renames) == 2:
+            raise Crash
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_on_the_second)
+    with pytest.raises(Crash):
+        train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, ckpt, "key-1")
+    monkeypatch.undo()
+    steps: list[int] = []
+
+    def count(logits: torch.Tensor, targets: torch.Tensor, idx: object) -> torch.Tensor:
+        steps.append(1)
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    result = train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, ckpt, "key-1", loss_fn=count)
+    assert result.resumed_from_step == 5 and len(steps) == result.steps - 5
+
+
 def test_a_checkpoint_of_another_config_is_ignored(tmp_path: Path, smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
     cfg = shrink(smoke_cfg, finetune={"checkpoint_every_steps": 5, "epochs": 1}).finetune
     train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
