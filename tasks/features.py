@@ -55,8 +55,8 @@ def embed(texts: list[str], model: ModelConfig, threads: int, paths: ProjectPath
 def _embed(texts: list[str], model: ModelConfig, threads: int) -> np.ndarray:
     import torch
 
-    from frugal.runtime import Tokenize
-    from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
+    from frugal.runtime import Tokenize, length_ordered
+    from tasks.modeling import load_pretrained_with_notes, load_tokenizer, mean_pool, save_tokenizer
     from tasks.training import ensure_pad_token_id
 
     torch.set_num_threads(threads)
@@ -68,15 +68,12 @@ def _embed(texts: list[str], model: ModelConfig, threads: int) -> np.ndarray:
         net.config.save_pretrained(tmp)
         tokenize = Tokenize(Path(tmp), model.max_length)
     encoder = net.base_model.eval()
-    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+    encodings = tokenize.encode(texts)
     out = np.zeros((len(texts), net.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(texts), BATCH):
-            rows = order[start : start + BATCH]
-            batch = {k: torch.from_numpy(v) for k, v in tokenize([texts[i] for i in rows]).items()}
-            states = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            out[rows] = ((states * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy()
+        for rows in length_ordered(encodings, BATCH):  # the runtime's batching: little padding
+            batch = {k: torch.from_numpy(v) for k, v in tokenize.pad([encodings[i] for i in rows]).items()}
+            out[rows] = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"]).float().numpy()
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 

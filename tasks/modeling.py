@@ -145,3 +145,9 @@ def save_tokenizer(tokenizer: Any, model_dir: Path) -> None:
             "The tokenizer has no fast (tokenizers) version, which serving needs.",
             "Use a model whose tokenizer ships tokenizer.json.",
         )
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each text's hidden states averaged over its real tokens (`mask`: the attention mask): one vector per text."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

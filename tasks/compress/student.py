@@ -29,6 +29,7 @@ from frugal.modelio import TOKENIZER_DIR, Manifest, count_params, load_torch, sa
 from frugal.runtime import Tokenize
 from tasks.compress import _common as common
 from tasks.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
+from tasks.modeling import mean_pool
 from tasks.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
 
 if TYPE_CHECKING:
@@ -84,11 +85,6 @@ class TeacherView:
     logits: np.ndarray  # [rows, labels]
     hidden: np.ndarray | None  # [rows, pairs, teacher width]: mean-pooled hidden states of the mapped layers
     attention: list[np.ndarray] | None  # per row [pairs, tokens, tokens]: head-averaged attention of the mapped layers
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def teacher_view(
