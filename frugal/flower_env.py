@@ -9,6 +9,8 @@ so a half-made environment is never used and is made again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -46,6 +48,22 @@ def ensure(env: Path, quiet: bool = True) -> bool:
     """Make the environment at `env` unless it is complete and from this lock; True when it was (re)made."""
     if is_ready(env):
         return False
+    with _build_lock(env):  # a second `frugal federated-env` (or test session) waits, then finds it made
+        if is_ready(env):
+            return False
+        _make(env, quiet)
+        return True
+
+
+@contextlib.contextmanager
+def _build_lock(env: Path):
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f"{env.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
+
+
+def _make(env: Path, quiet: bool) -> None:
     shutil.rmtree(env, ignore_errors=True)  # a half-made or outdated environment: start clean
     _sh(sys.executable, "-m", "venv", str(env))
     python, q = str(bin_path(env, "python")), ["--quiet"] if quiet else []
@@ -56,7 +74,6 @@ def ensure(env: Path, quiet: bool = True) -> bool:
     _sh(python, "-m", "pip", "install", *q, "-r", str(LOCK))  # every package pinned: nothing left to the resolver
     _sh(python, "-m", "pip", "check")
     (env / STAMP).write_text(lock_hash() + "\n")
-    return True
 
 
 def require(env: Path) -> Path:

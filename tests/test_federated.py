@@ -105,6 +105,28 @@ def test_missing_environment_names_the_command(monkeypatch: pytest.MonkeyPatch, 
         flower_env.require(flower_env.env_dir())
 
 
+def test_a_second_build_waits_for_the_first_and_uses_its_environment(tmp_path: Path) -> None:
+    """Two `frugal federated-env` at once (two test sessions, a user and CI) must not delete each other's venv."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from frugal import flower_env
+
+    env = tmp_path / "flower"
+    probe = f"from pathlib import Path; from frugal import flower_env; print(flower_env.ensure(Path({str(env)!r})))"
+    with open(tmp_path / "flower.lock", "w") as first:  # the first build holds the lock...
+        fcntl.flock(first, fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, "-c", probe], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            second.wait(timeout=3)  # ...so the second waits instead of wiping the half-made folder
+        env.mkdir()
+        (env / flower_env.STAMP).write_text(flower_env.lock_hash() + "\n")  # the first finishes
+    out, _ = second.communicate(timeout=60)
+    assert out.strip() == "False"  # found it made: nothing rebuilt
+    assert (env / flower_env.STAMP).is_file()
+
+
 def test_more_clients_than_rows_per_class_fails_before_anything(smoke_splits: LocalSplits, store: ProjectPaths) -> None:
     from tasks.finetune import finetune
 
