@@ -1,0 +1,122 @@
+"""Config sections for compression variants (step chains and cascades), their measurement, and champion selection."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from frugal.config._base import Strict
+
+
+class StepConfig(BaseModel):
+    """One compression step: a registered method name plus that method's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CascadeConfig(Strict):
+    """A variant that routes each text: the cheap part answers when its top probability reaches the threshold, else the strong part."""
+
+    cascade: tuple[str, str] = Field(description="[cheap, strong]: two other variants of this config, or 'baseline' (fine-tuned).")
+    # Optional, unlike the config's other keys: a variant value is written by hand, and omitting it means "calibrate".
+    threshold: float | None = Field(
+        default=None, ge=0, le=1,
+        description="The cheap part's top probability at or above which it answers; null = calibrated on the val split: the lowest "
+        "(least deferral) whose val macro-F1 is >= the baseline's val macro-F1 - select.tolerance.",
+    )  # fmt: skip
+
+    @property
+    def cheap(self) -> str:
+        return self.cascade[0]
+
+    @property
+    def strong(self) -> str:
+        return self.cascade[1]
+
+
+class CompressConfig(Strict):
+    variants: dict[str, list[StepConfig] | CascadeConfig] = Field(
+        description="Variant name -> one step or a chain of steps applied to the fine-tuned model, or {cascade: [cheap, strong]} "
+        "(optionally threshold) over two other variants."
+    )
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _wrap_single_steps(cls, variants: Any) -> Any:
+        if not isinstance(variants, dict):
+            return variants
+        return {name: _cascade(name, s) if isinstance(s, dict) and "cascade" in s else [s] if isinstance(s, dict) else s
+                for name, s in variants.items()}  # fmt: skip
+
+    @field_validator("variants")
+    @classmethod
+    def _known_methods(cls, variants: dict[str, list[StepConfig] | CascadeConfig]) -> dict[str, list[StepConfig] | CascadeConfig]:
+        from tasks.compress import validate_step
+
+        for name, steps in variants.items():
+            if name == "baseline":
+                raise ValueError("'baseline' is reserved for the fine-tuned fp32 model")
+            if isinstance(steps, CascadeConfig):
+                _check_parts(name, steps, variants)
+                continue
+            if not steps:
+                raise ValueError(f"variant {name!r} has no steps")
+            for step in steps:
+                validate_step(step.method, step.options(), where=f"variant {name!r}")
+        return variants
+
+    def chains(self) -> dict[str, list[StepConfig]]:
+        """The variants made by compression steps, in config order."""
+        return {name: v for name, v in self.variants.items() if not isinstance(v, CascadeConfig)}
+
+    def cascades(self) -> dict[str, CascadeConfig]:
+        """The cascade variants, in config order (built after the step chains they route between)."""
+        return {name: v for name, v in self.variants.items() if isinstance(v, CascadeConfig)}
+
+
+def _cascade(name: str, raw: dict[str, Any]) -> CascadeConfig:
+    """A {cascade: ...} value as a CascadeConfig, or one message naming the variant (not a union's errors for both shapes)."""
+    try:
+        return CascadeConfig(**raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"variant {name!r} is a cascade: give {{cascade: [cheap, strong]}}, optionally threshold ({problems})") from None
+
+
+def _check_parts(name: str, spec: CascadeConfig, variants: dict[str, Any]) -> None:
+    known = ["baseline", *(v for v, s in variants.items() if not isinstance(s, CascadeConfig))]
+    for part in spec.cascade:
+        if part == name:
+            raise ValueError(f"cascade {name!r} names itself as a part; its parts must be two other variants ({', '.join(known)})")
+        if isinstance(variants.get(part), CascadeConfig):
+            raise ValueError(f"cascade {name!r}: part {part!r} is itself a cascade; name step variants or 'baseline' ({', '.join(known)})")
+        if part not in known:
+            raise ValueError(f"cascade {name!r}: part {part!r} is not a variant of this config; known: {', '.join(known)}")
+    if spec.cheap == spec.strong:
+        raise ValueError(f"cascade {name!r} routes {spec.cheap!r} to itself; give two different variants [cheap, strong]")
+
+
+class EvaluateConfig(Strict):
+    device: Literal["cpu", "cuda"] = Field(description="Where variants are measured and served; methods it cannot run are skipped.")
+    batch_size: int = Field(gt=0, description="Batch size for the throughput measurement.")
+    threads: int = Field(gt=0, description="CPU threads every variant is measured with.")
+    warmup_batches: int = Field(ge=0, description="Untimed batches before timing starts.")
+    latency_samples: int = Field(gt=0, description="Test texts timed one by one for latency p50/p95.")
+    passes: int = Field(ge=1, description="Timed passes over the test split; throughput is their median, their spread is logged.")
+    arrival_order: bool = Field(
+        description="Also time each pass in arrival-order batches (interleaved), to report what length-ordered batching gains."
+    )
+    instance: str = Field(description="Instance type in hardware.yaml that prices serving.")
+
+
+class SelectConfig(Strict):
+    tolerance: float = Field(ge=0, lt=1, description="Largest macro-F1 drop (absolute) from the baseline a champion may have.")
+    promote_min_saving: float = Field(
+        ge=0, lt=1, description="A challenger replaces a champion that still meets the quality bar only when it is at least "
+        "this share cheaper (re-measured in the same run): smaller cost differences are measurement noise.",
+    )  # fmt: skip
