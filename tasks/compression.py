@@ -26,8 +26,8 @@ from tasks.compress.base import StepReport
 from tasks.finetune import checkpoint_dir
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.compression", "tasks.compress.base", "tasks.compress._common", "tasks.training", "tasks.modeling", "frugal.modelio",
-        "frugal.runtime")
+CODE = ("tasks.compression", "tasks.compress.base", "tasks.compress._common", "tasks.training", "tasks.checkpoints", "tasks.modeling",
+        "frugal.modelio", "frugal.runtime")
 
 
 class StepSettings(Ref):

@@ -32,8 +32,8 @@ from tasks.noise import NoiseRef, flagged_texts, treated, weighted_cross_entropy
 from tasks.training import TrainResult, check_precision, ensure_pad_token_id, resolve_device, train
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.finetune", "tasks.training", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio", "frugal.runtime",
-        "tasks.federated", *(f"frugal.flower.frugal_fl.{m}" for m in ("server_app", "client_app", "task", "partition")))
+CODE = ("tasks.finetune", "tasks.training", "tasks.checkpoints", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio",
+        "frugal.runtime", "tasks.federated", *(f"frugal.flower.frugal_fl.{m}" for m in ("server_app", "client_app", "task", "partition")))
 
 
 def train_usd(seconds: float, cfg: TrainConfig) -> float:

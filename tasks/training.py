@@ -7,11 +7,8 @@ over fp32 weights, fp16 with a gradient scaler).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +22,8 @@ from frugal.config import TrainConfig
 from frugal.errors import ConfigError
 from frugal.hardware import PRECISION_DTYPES, training_precision_unsupported
 from frugal.runtime import Tokenize
+from tasks import checkpoints
+from tasks.checkpoints import TrainState
 
 if TYPE_CHECKING:
     import torch
@@ -179,9 +178,9 @@ def train(
     # fp16's 5-bit exponent flushes small gradients to zero: the scaler multiplies the loss up before backward and
     # skips a step whose gradients overflowed. Disabled (a pass-through) for fp32 and bf16, which has fp32's range.
     scaler = torch.amp.GradScaler(device, enabled=cfg.precision == "fp16")
-    state = _State(best_f1=-1.0, step=0, history=[], best=None)
+    state = TrainState(best_f1=-1.0, step=0, history=[], best=None)
     if checkpoint_dir is not None:
-        state = _resume(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler) or state
+        state = checkpoints.resume(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler) or state
     resumed_from = state.step
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
     extra = {"output_hidden_states": outputs_loss.hidden_states, "output_attentions": outputs_loss.attentions} if outputs_loss else {}
@@ -213,7 +212,7 @@ def train(
             _evaluate(model, tokenize, val_df, labels, device, state, done, float(loss.item()))
         state.step, state.seconds = done, time.perf_counter() - started
         if checkpoint_dir is not None and (done % cfg.checkpoint_every_steps == 0) and done < total_steps:
-            _save_checkpoint(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler, state)
+            checkpoints.save(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler, state)
     bar.close()
     if state.best is not None:
         model.load_state_dict(state.best)
@@ -221,15 +220,6 @@ def train(
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     seconds = time.perf_counter() - started
     return TrainResult(state.best_f1, total_steps, seconds, device, cfg.precision, trainable, state.history, resumed_from)
-
-
-@dataclass
-class _State:
-    best_f1: float
-    step: int
-    history: list[dict[str, float]]
-    best: dict[str, Any] | None
-    seconds: float = 0.0
 
 
 def _epoch_batches(epoch: int, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
@@ -285,7 +275,7 @@ def _autocast(precision: str, device: str) -> Any:
 
 
 def _evaluate(
-    model: Any, tokenize: Tokenize, val_df: pd.DataFrame, labels: list[str], device: str, state: _State, step: int, loss: float
+    model: Any, tokenize: Tokenize, val_df: pd.DataFrame, labels: list[str], device: str, state: TrainState, step: int, loss: float
 ) -> None:
     f1 = macro_f1(model, tokenize, val_df, labels, device)
     state.history.append({"step": step, "train_loss": loss, "val_macro_f1": f1})
@@ -293,60 +283,3 @@ def _evaluate(
         state.best_f1 = f1
         state.best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     log.info("step %d: val macro-F1 %.4f (best %.4f)", step, f1, state.best_f1)
-
-
-def _save_checkpoint(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
-    """Write the step's folder in full, then point progress.json at it with one atomic rename.
-
-    A process killed at any instant (SIGKILL, out of memory) leaves progress.json naming a complete
-    folder: the previous step's until the rename, this one's after. (Removing the old folder before
-    renaming the new one in its place left a window with no checkpoint at all.)
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    folder = ckpt / f"step-{state.step:09d}"
-    tmp = ckpt / f".writing-{state.step:09d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    if state.best is not None:
-        save_file({k: v.contiguous() for k, v in state.best.items()}, str(tmp / "best.safetensors"))
-    # The scaler's current loss scale resumes with the run (an empty dict when disabled).
-    states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-    torch.save(states, tmp / "optimizer.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    progress = {"key": key, "step": state.step, "folder": folder.name, "best_f1": state.best_f1, "history": state.history,
-                "seconds": state.seconds}  # fmt: skip
-    (ckpt / "progress.json.tmp").write_text(json.dumps(progress))
-    os.replace(ckpt / "progress.json.tmp", ckpt / "progress.json")
-    for old in ckpt.glob("step-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> _State | None:
-    import torch
-    from safetensors.torch import load_file
-
-    progress_file = ckpt / "progress.json"
-    if not progress_file.is_file():
-        return None
-    progress = json.loads(progress_file.read_text())
-    if progress["key"] != key:
-        log.info("Ignoring checkpoint in %s: it belongs to another config or data version", ckpt)
-        return None
-    if "folder" not in progress:  # written by an older frugal, which kept the files beside progress.json
-        log.info("Ignoring checkpoint in %s: an older checkpoint layout", ckpt)
-        return None
-    folder = ckpt / progress["folder"]
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    states = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    if states["scaler"]:  # empty when the scaler was off (fp32, bf16)
-        scaler.load_state_dict(states["scaler"])
-    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
-    log.info("Resuming from checkpoint at step %d", progress["step"])
-    return _State(progress["best_f1"], progress["step"], progress["history"], best, progress.get("seconds", 0.0))
