@@ -20,6 +20,7 @@ from frugal.config import ActiveConfig, RunConfig
 from frugal.errors import ConfigError, DataError
 from frugal.paths import ProjectPaths
 from tasks.data import clean, labelled_rows, load_source, split
+from tasks.versioning import read_version
 
 Strategy = Literal["margin", "entropy", "random"]
 
@@ -56,13 +57,17 @@ class Curve:
 
 
 def pool_and_test(cfg: RunConfig, paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The train split (capped as annotation.active.pool_rows says) and the test split, prepared in memory as `prepare` does."""
-    raw = load_source(cfg.data, paths.root)
-    if cfg.data.feedback:
-        from tasks.feedback import add_feedback
+    """The train split (capped as annotation.active.pool_rows says) and the test split: of the recorded version `data.version`
+    when the config names one (as `frugal run` would train on), else prepared in memory from the source as `prepare` does."""
+    if cfg.data.version:
+        splits = read_version(cfg.data.version, paths, cfg.data.remote)
+    else:
+        raw = load_source(cfg.data, paths.root)
+        if cfg.data.feedback:
+            from tasks.feedback import add_feedback
 
-        raw, _ = add_feedback(raw, cfg.data, paths.root)
-    splits = split(clean(raw, cfg.data)[0], cfg.data, cfg.seed)
+            raw, _ = add_feedback(raw, cfg.data, paths.root)
+        splits = split(clean(raw, cfg.data)[0], cfg.data, cfg.seed)
     return labelled_rows(splits["train"], cfg.annotation.active.pool_rows, cfg.seed).reset_index(drop=True), splits["test"]
 
 

@@ -40,7 +40,8 @@ def study(cfg: RunConfig, paths: ProjectPaths) -> StudyResult:
     a, labels = cfg.annotation, cfg.data.labels
     pool, test = pool_and_test(cfg, paths)
     check_budget(a.active, len(pool), len(labels))  # before any run exists or any file is written
-    tags = {"kind": "active_learning", "learner": f"logistic regression on {a.features} computed once for the pool (not fine-tuning)"}
+    tags = {"kind": "active_learning", "learner": f"logistic regression on {a.features} computed once for the pool (not fine-tuning)",
+            "data_restored": cfg.data.version or "no (prepared from the source)"}  # fmt: skip
     with tracking.parent_run(cfg, paths, run_name="active-learning") as run_id:
         tracking.set_tags(run_id, tags)
         started = time.perf_counter()

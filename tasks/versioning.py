@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,6 +25,9 @@ from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.common import DataRef, stage
 from tasks.data import Staged
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 LOCAL_REMOTE = "frugal-local"
@@ -255,3 +258,16 @@ def restore_data(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged
     tracking.log_metrics(parent_run, {f"rows_{k}": v for k, v in rows.items()})
     tracking.set_tags(parent_run, {"data_restored": cfg.data.version})
     return Staged(run_id=parent_run, rows=rows)
+
+
+def read_version(md5: str, paths: ProjectPaths, remote: str | None) -> dict[str, pd.DataFrame]:
+    """Every split of the recorded version `md5`, restored as `restore` does (for a study that reads, not trains on, data)."""
+    from filelock import FileLock
+
+    from tasks.common import SPLITS
+    from tasks.data import read_split
+
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.work / "data.lock")):
+        folder = restore(md5, paths, remote)
+        return {name: read_split(folder, name) for name in SPLITS}

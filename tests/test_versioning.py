@@ -121,3 +121,15 @@ def test_a_changed_file_fails_verification(pinned: ProjectPaths, smoke_cfg) -> N
         (folder / "extra.parquet").write_bytes(b"x")
         with pytest.raises(DataError, match="extra.parquet .* does not match"):
             verify(folder, md5, repo)
+
+
+def test_active_learning_reads_the_recorded_version_the_config_names(pinned: ProjectPaths, smoke_splits, parent_run, smoke_cfg) -> None:
+    """`data.version` (what `frugal reproduce` sets) decides the pool and test split, not a fresh preparation of the source."""
+    from tasks.active import pool_and_test
+
+    ref = version_data.fn(stage_splits(smoke_splits, pinned, "second", keep=40), smoke_cfg, pinned, parent_run)
+    cfg = shrink(smoke_cfg, data={"version": ref.md5}, annotation={"active": {**smoke_cfg.annotation.active.model_dump(), "pool_rows": None}})
+    pool, test = pool_and_test(cfg, pinned)
+    recorded = pd.read_parquet(version_folder(ref.md5, pinned) / "train.parquet")
+    assert len(pool) == 40 and sorted(pool["text"]) == sorted(recorded["text"])
+    assert test.equals(pd.read_parquet(version_folder(ref.md5, pinned) / "test.parquet"))
