@@ -30,7 +30,7 @@ from frugal import flower_env
 from frugal.config import FinetuneConfig, ModelConfig
 from frugal.errors import DataError, FrugalError
 from frugal.flower.frugal_fl import partition
-from frugal.modelio import Manifest, count_params, save_hf
+from frugal.modelio import TOKENIZER_DIR, Manifest, count_params, save_hf
 from frugal.paths import ProjectPaths
 from tasks import store, tracking
 from tasks.common import DataRef, ModelRef
@@ -92,7 +92,8 @@ def write_spec(work: Path, model: ModelConfig, cfg: FinetuneConfig, labels: list
     fed, adapter = cfg.federated, cfg.adapter
     (work / "result").mkdir()
     spec = {
-        "model_dir": str(work / "base"), "train_file": str(work / "train.parquet"), "val_file": str(splits / "val.parquet"),
+        "model_dir": str(work / "base"), "tokenizer_dir": str(work / "base" / TOKENIZER_DIR), "train_file": str(work / "train.parquet"),
+        "val_file": str(splits / "val.parquet"),
         "out_dir": str(work / "result"), "labels": labels, "max_length": model.max_length, "clients": fed.clients,
         "clients_per_round": fed.clients_per_round, "partition_by": fed.partition_by, "rounds": fed.rounds,
         "local_epochs": fed.local_epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
-from conftest import LocalSplits
+from conftest import Built, LocalSplits
 
 from frugal.config import RunConfig, load_config
 from frugal.errors import ConfigError, DataError, FrugalError
@@ -125,6 +126,22 @@ def test_a_second_build_waits_for_the_first_and_uses_its_environment(tmp_path: P
     out, _ = second.communicate(timeout=60)
     assert out.strip() == "False"  # found it made: nothing rebuilt
     assert (env / flower_env.STAMP).is_file()
+
+
+def test_clients_tokenize_exactly_as_the_pipeline_does(baseline: Built, tmp_path: Path) -> None:
+    """The Flower App reads the model folder the pipeline wrote; its tokenizer must give the ids serving gives (not [UNK]s)."""
+    from frugal.flower.frugal_fl.task import Spec, load_model
+    from frugal.runtime import Tokenize
+    from tasks.federated import write_spec
+
+    shutil.copytree(baseline.model_dir, tmp_path / "base")  # a model folder in frugal's layout (tokenizer/ inside)
+    cfg = load_config("smoke", FED)
+    spec = Spec.load(str(write_spec(tmp_path, cfg.model, cfg.finetune, cfg.data.labels, 0, tmp_path)))
+    _, tokenizer = load_model(spec)
+    texts = ["@United Hello World, THANKS for nothing", "late again #fail"]
+    ours = tokenizer(texts, truncation=True, max_length=spec.max_length, padding=True)["input_ids"]
+    assert ours == Tokenize(tmp_path / "base", spec.max_length)(texts)["input_ids"].tolist()
+    assert tokenizer.unk_token_id not in ours[0]
 
 
 def test_more_clients_than_rows_per_class_fails_before_anything(smoke_splits: LocalSplits, store: ProjectPaths) -> None:

@@ -128,7 +128,8 @@ def test_active_learning_reads_the_recorded_version_the_config_names(pinned: Pro
     from tasks.active import pool_and_test
 
     ref = version_data.fn(stage_splits(smoke_splits, pinned, "second", keep=40), smoke_cfg, pinned, parent_run)
-    cfg = shrink(smoke_cfg, data={"version": ref.md5}, annotation={"active": {**smoke_cfg.annotation.active.model_dump(), "pool_rows": None}})
+    active = {**smoke_cfg.annotation.active.model_dump(), "pool_rows": None}
+    cfg = shrink(smoke_cfg, data={"version": ref.md5}, annotation={"active": active})
     pool, test = pool_and_test(cfg, pinned)
     recorded = pd.read_parquet(version_folder(ref.md5, pinned) / "train.parquet")
     assert len(pool) == 40 and sorted(pool["text"]) == sorted(recorded["text"])

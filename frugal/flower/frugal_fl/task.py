@@ -23,6 +23,7 @@ class Spec:
     """The run's settings, written as JSON by the pipeline (tasks/federated.py `write_spec`)."""
 
     model_dir: str
+    tokenizer_dir: str  # the model folder's tokenizer/ (frugal's layout): from model_dir itself it would map every word to [UNK]
     train_file: str
     val_file: str
     out_dir: str
@@ -56,7 +57,10 @@ def load_model(spec: Spec):  # -> (peft.PeftModel, tokenizer)
     base = AutoModelForSequenceClassification.from_pretrained(spec.model_dir)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=spec.lora["r"], lora_alpha=spec.lora["alpha"],
                       lora_dropout=spec.lora["dropout"], target_modules=spec.lora["target_modules"])  # fmt: skip
-    return get_peft_model(base, lora), AutoTokenizer.from_pretrained(spec.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_dir)
+    if tokenizer.vocab_size <= len(tokenizer.all_special_tokens):  # a folder without a vocabulary still loads, as all [UNK]
+        raise RuntimeError(f"The tokenizer in {spec.tokenizer_dir} has no vocabulary ({tokenizer.vocab_size} tokens)")
+    return get_peft_model(base, lora), tokenizer
 
 
 def adapter_state(net) -> dict[str, torch.Tensor]:
