@@ -82,8 +82,7 @@ def finetune_federated(data: DataRef, model: ModelConfig, cfg: FinetuneConfig, l
         save_hf(net, out, Manifest(format="hf", labels=labels, max_length=model.max_length, params=total))
         log_record(run_id, record, cfg, seconds, total)
         tracking.log_dir(run_id, out, "model")
-    log.info("Federated fine-tune in %.0f s: val macro-F1 %.4f after %d rounds", seconds, record["rounds"][-1]["val_macro_f1"],
-             len(record["rounds"]))  # fmt: skip
+    log.info("Federated fine-tune in %.0f s, %d rounds: kept round %d", seconds, len(record["rounds"]), record["best_round"])
     return ModelRef(run_id=run_id, seconds=seconds)
 
 
@@ -238,9 +237,11 @@ def log_record(run_id: str, record: dict, cfg: FinetuneConfig, seconds: float, t
     if dropped := [f"round {r['round']}: {reason}" for r in rounds for reason in r["failed"]]:  # those rounds completed without them
         tracking.set_tags(run_id, {"fl_dropped": "; ".join(dropped)[:5000]})
     wire, full = sum(r["bytes_on_wire"] for r in rounds), sum(r["bytes_full_model"] for r in rounds)
-    final = rounds[-1]["val_macro_f1"]  # the baseline is the last round's merge (no best-round pick, unlike central training)
-    tracking.log_metrics(run_id, {"best_val_macro_f1": final, "trainable_share": _adapter_params(rounds) / total, "fl_bytes_on_wire": wire,
-                                  "fl_bytes_full_model": full, "fl_wire_share": wire / full,
+    # The server kept the adapters of its best round by val macro-F1, as central training keeps its best val check.
+    best = next(r for r in rounds if r["round"] == record["best_round"])
+    tracking.set_tags(run_id, {"fl_best_round": str(best["round"])})
+    tracking.log_metrics(run_id, {"best_val_macro_f1": best["val_macro_f1"], "trainable_share": _adapter_params(rounds) / total,
+                                  "fl_bytes_on_wire": wire, "fl_bytes_full_model": full, "fl_wire_share": wire / full,
                                   "train_seconds": seconds, "train_usd": train_usd(seconds, cfg)})  # fmt: skip
     tracking.log_text(run_id, json.dumps(record, indent=1), "federated/rounds.json")
 

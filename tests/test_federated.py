@@ -144,6 +144,18 @@ def test_clients_tokenize_exactly_as_the_pipeline_does(baseline: Built, tmp_path
     assert tokenizer.unk_token_id not in ours[0]
 
 
+def test_the_server_keeps_the_adapters_of_its_best_round() -> None:
+    import torch
+
+    from frugal.flower.frugal_fl.task import BestRound
+
+    best, states = BestRound(), {r: {"w": torch.full((2,), float(r))} for r in range(4)}
+    for rnd, f1 in [(0, 0.9), (1, 0.3), (2, 0.5), (3, 0.5)]:  # round 0 is the untrained start; 3 only ties 2
+        best.offer(rnd, f1, states[rnd])
+    states[2]["w"].add_(10)  # the strategy's arrays of a past round may be reused: the kept state is a copy
+    assert best.round == 2 and best.f1 == 0.5 and best.state["w"].tolist() == [2.0, 2.0]
+
+
 def test_more_clients_than_rows_per_class_fails_before_anything(smoke_splits: LocalSplits, store: ProjectPaths) -> None:
     from tasks.finetune import finetune
 
@@ -183,7 +195,10 @@ def test_federated_baseline_goes_through_the_pipeline(flower_env: Path, prefect_
     assert mlc.get_run(result.run_id).info.status == "FINISHED"
     (step,) = mlc.search_runs([exp], "tags.step = 'finetune'")
     assert step.data.params["federated"] == "True" and step.data.params["fl_clients"] == "2"
-    assert {m.step for m in mlc.get_metric_history(step.info.run_id, "fl_val_macro_f1")} == {1, 2}
+    curve = sorted((m.step, m.value) for m in mlc.get_metric_history(step.info.run_id, "fl_val_macro_f1"))
+    assert [rnd for rnd, _ in curve] == [1, 2]
+    kept = max(curve, key=lambda point: (point[1], -point[0]))  # the best round, the earliest on a tie
+    assert step.data.tags["fl_best_round"] == str(kept[0]) and step.data.metrics["best_val_macro_f1"] == kept[1]
     record = json.loads(Path(mlc.download_artifacts(step.info.run_id, "federated/rounds.json", str(tmp_path))).read_text())
     keys, size = expected_payload(cfg)
     assert all("lora_" in k or ".classifier." in k for k in keys)

@@ -4,7 +4,8 @@ Evaluation is server-side (the val split, which the clients never see), so every
 same rows as the centralised fine-tune. A client that fails or dies mid-round is left out of that
 round's average, which completes with the others' adapters; later rounds sample from the SuperNodes
 still connected. A round in which no client replies fails the run. Results go to `spec.out_dir`:
-`adapter.safetensors` (the merged adapter state) and `rounds.json`, or `error.json` when the run fails.
+`adapter.safetensors` (the averaged adapter state of the round with the best val macro-F1) and
+`rounds.json`, or `error.json` when the run fails.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from .task import Clock, Spec, adapter_state, load_model, macro_f1, payload, set_adapter_state, tensor_bytes, write_json
+from .task import BestRound, Clock, Spec, adapter_state, load_model, macro_f1, payload, set_adapter_state, tensor_bytes, write_json
 
 app = ServerApp()
 
@@ -92,9 +93,13 @@ def run(grid: Grid, spec: Spec, out: Path) -> None:
     strategy = MeteredFedAvg(spec, full_bytes)
     scores: dict[int, dict[str, float]] = {}
 
+    best = BestRound()
+
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        set_adapter_state(net, arrays.to_torch_state_dict())
+        state = arrays.to_torch_state_dict()
+        set_adapter_state(net, state)
         scores[server_round] = {"val_macro_f1": macro_f1(net, tokenizer, val, spec), "seconds": clock.seconds()}
+        best.offer(server_round, scores[server_round]["val_macro_f1"], state)
         log(INFO, "round %d: val macro-F1 %.4f", server_round, scores[server_round]["val_macro_f1"])
         return MetricRecord({"val-macro-f1": scores[server_round]["val_macro_f1"]})
 
@@ -103,7 +108,7 @@ def run(grid: Grid, spec: Spec, out: Path) -> None:
                             evaluate_fn=evaluate)  # fmt: skip
     from safetensors.torch import save_file
 
-    save_file(result.arrays.to_torch_state_dict(), out / "adapter.safetensors")
+    save_file(best.state if best.state is not None else result.arrays.to_torch_state_dict(), out / "adapter.safetensors")
     rounds = [{**strategy.rounds[r], **scores[r]} for r in sorted(strategy.rounds)]
-    write_json(out / "rounds.json", {"rounds": rounds, "initial": scores.get(0), "full_model_bytes": full_bytes,
+    write_json(out / "rounds.json", {"rounds": rounds, "best_round": best.round, "initial": scores.get(0), "full_model_bytes": full_bytes,
                                      "adapter_keys": initial.keys() and sorted(initial.keys()), "seconds": clock.seconds()})  # fmt: skip

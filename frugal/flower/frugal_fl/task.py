@@ -119,6 +119,20 @@ def macro_f1(net, tokenizer, frame: pd.DataFrame, spec: Spec) -> float:
     return float(np.mean(scores))
 
 
+class BestRound:
+    """The averaged adapters of the round with the highest val macro-F1 (the earliest on a tie).
+
+    They are the federated baseline, as central training keeps its best val check rather than its last step.
+    """
+
+    def __init__(self) -> None:
+        self.round, self.f1, self.state = 0, float("-inf"), None
+
+    def offer(self, server_round: int, f1: float, state: dict[str, torch.Tensor]) -> None:
+        if server_round >= 1 and f1 > self.f1:  # round 0 scores the untrained start, never a candidate
+            self.round, self.f1, self.state = server_round, f1, {k: v.detach().clone() for k, v in state.items()}
+
+
 def payload(record) -> dict[str, Any]:
     """What an ArrayRecord puts on the wire: its keys, the serialized bytes (Array.data) and the raw tensor bytes."""
     return {
