@@ -19,7 +19,7 @@ import pandas as pd
 from frugal.config import ActiveConfig, RunConfig
 from frugal.errors import ConfigError, DataError
 from frugal.paths import ProjectPaths
-from tasks.data import clean, labelled_rows, load_source, split
+from tasks.data import labelled_rows, prepared
 from tasks.versioning import read_version
 
 Strategy = Literal["margin", "entropy", "random"]
@@ -59,15 +59,7 @@ class Curve:
 def pool_and_test(cfg: RunConfig, paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The train split (capped as annotation.active.pool_rows says) and the test split: of the recorded version `data.version`
     when the config names one (as `frugal run` would train on), else prepared in memory from the source as `prepare` does."""
-    if cfg.data.version:
-        splits = read_version(cfg.data.version, paths, cfg.data.remote)
-    else:
-        raw = load_source(cfg.data, paths.root)
-        if cfg.data.feedback:
-            from tasks.feedback import add_feedback
-
-            raw, _ = add_feedback(raw, cfg.data, paths.root)
-        splits = split(clean(raw, cfg.data)[0], cfg.data, cfg.seed)
+    splits = read_version(cfg.data.version, paths, cfg.data.remote) if cfg.data.version else prepared(cfg, paths.root)[0]
     return labelled_rows(splits["train"], cfg.annotation.active.pool_rows, cfg.seed).reset_index(drop=True), splits["test"]
 
 
@@ -115,9 +107,7 @@ def run_strategy(
     classes: int, c: float, seed: int,
 ) -> tuple[Curve, Annotator]:  # fmt: skip
     """Seed, then `rounds` times: retrain, score, ask the annotator for the next batch. The curve has seed + rounds points."""
-    from sklearn.metrics import f1_score
-
-    from tasks.features import learner
+    from tasks.features import heldout_macro_f1, learner
 
     annotator, rng, curve = Annotator(hidden), np.random.default_rng(seed), Curve(strategy)
     labelled, y = list(seed_rows), list(annotator.label(seed_rows))
@@ -125,9 +115,8 @@ def run_strategy(
         if len(set(y)) < 2:
             raise DataError(f"The {len(y)} seed labels are all one class.", "Raise annotation.active.seed_size.")
         model = learner(c, seed).fit(x_pool[labelled], np.asarray(y))
-        f1 = f1_score(y_test, model.predict(x_test), average="macro", labels=list(range(classes)), zero_division=0)
         curve.labels.append(len(labelled))
-        curve.macro_f1.append(float(f1))
+        curve.macro_f1.append(heldout_macro_f1(model, x_test, y_test, classes))
         if round_ == active.rounds:
             break
         unlabelled = np.setdiff1d(np.arange(len(hidden)), labelled)
@@ -136,9 +125,3 @@ def run_strategy(
         labelled += [int(r) for r in asked]
         y += list(annotator.label(asked))
     return curve, annotator
-
-
-def full_data_f1(x_pool: Any, y_pool: np.ndarray, x_test: Any, y_test: np.ndarray, classes: int, c: float, seed: int) -> float:
-    from tasks.features import fit_score
-
-    return fit_score(x_pool, y_pool, x_test, y_test, classes, c, seed)

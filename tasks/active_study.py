@@ -16,10 +16,10 @@ import pandas as pd
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from tasks import tracking
-from tasks.active import Curve, check_budget, full_data_f1, pool_and_test, run_strategy
+from tasks.active import Curve, check_budget, pool_and_test, run_strategy
 from tasks.common import Ref
-from tasks.features import featurize
-from tasks.noise import label_ids
+from tasks.data import label_ids
+from tasks.features import featurize, fit_score
 
 log = logging.getLogger(__name__)
 ARTIFACTS = "active_learning"
@@ -47,7 +47,7 @@ def study(cfg: RunConfig, paths: ProjectPaths) -> StudyResult:
         started = time.perf_counter()
         x_pool, x_test = featurize(a.features, list(pool["text"]), list(test["text"]), cfg.model, cfg.finetune.threads, paths)
         hidden, y_test = label_ids(pool, labels), label_ids(test, labels)
-        full = full_data_f1(x_pool, hidden, x_test, y_test, len(labels), a.c, cfg.seed)
+        full = fit_score(x_pool, hidden, x_test, y_test, len(labels), a.c, cfg.seed)  # the learner on every pool label
         seed_rows = np.random.default_rng(cfg.seed).choice(len(pool), size=a.active.seed_size, replace=False)
         curves = [
             run_strategy(s, x_pool, hidden, x_test, y_test, seed_rows, a.active, len(labels), a.c, cfg.seed)[0] for s in a.active.strategies

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from frugal.config import DataConfig, RunConfig
@@ -189,6 +190,12 @@ def _stratified_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return sample
 
 
+def label_ids(frame: pd.DataFrame, labels: list[str], unknown: int | None = None) -> np.ndarray:
+    """Each row's class index in `labels`; a label outside them becomes `unknown` (transfer rows in training)."""
+    ids = frame["label"].map({label: i for i, label in enumerate(labels)})
+    return np.array(ids if unknown is None else ids.fillna(unknown), dtype=np.int64)  # a writable copy: torch.from_numpy wants one
+
+
 def labelled_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
     """The rows training may read labels from: a stratified, seeded sample of the train split (the same every time)."""
     if not max_rows or len(train) <= max_rows:
@@ -221,20 +228,25 @@ def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, in
     return {name: len(splits[name]) for name in SPLITS}
 
 
-@stage(name="prepare", retries=2)
-def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
-    """Load (and merge data.feedback into), clean and split the data into this run's staging folder; log the cleaning report."""
-    raw = load_source(cfg.data, paths.root)
+def prepared(cfg: RunConfig, root: Path) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """The source loaded (with data.feedback merged in), cleaned and split, in memory; and the cleaning report."""
+    raw = load_source(cfg.data, root)
     merged: dict[str, int] = {}
     if cfg.data.feedback:
         from tasks.feedback import add_feedback  # not at the top: tasks.feedback builds on this module's normalisation
 
-        raw, merged = add_feedback(raw, cfg.data, paths.root)
+        raw, merged = add_feedback(raw, cfg.data, root)
     frame, report = clean(raw, cfg.data)
-    report = {**merged, **report}
+    return split(frame, cfg.data, cfg.seed), {**merged, **report}
+
+
+@stage(name="prepare", retries=2)
+def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
+    """Load (and merge data.feedback into), clean and split the data into this run's staging folder; log the cleaning report."""
+    splits, report = prepared(cfg, paths.root)
     staged = Staged(run_id=parent_run, rows={})
     shutil.rmtree(staged.dir(paths), ignore_errors=True)
-    rows = write_splits(split(frame, cfg.data, cfg.seed), staged.dir(paths))
+    rows = write_splits(splits, staged.dir(paths))
     log.info("Cleaning: %s rows in, %s kept (%s)", report["rows_raw"], report["rows_clean"], _summary(report) or "nothing removed")
     tracking.log_metrics(parent_run, {**report, **{f"rows_{k}": v for k, v in rows.items()}})
     tracking.log_json(parent_run, report, "data/cleaning_report.json")

@@ -88,7 +88,11 @@ def fit_score(
     x: Any, y: np.ndarray, x_test: Any, y_test: np.ndarray, classes: int, c: float, seed: int, weights: np.ndarray | None = None
 ) -> float:
     """Test macro-F1 of the cheap learner trained on (x, y), optionally with per-row weights."""
+    return heldout_macro_f1(learner(c, seed).fit(x, y, sample_weight=weights), x_test, y_test, classes)
+
+
+def heldout_macro_f1(model: Any, x_test: Any, y_test: np.ndarray, classes: int) -> float:
+    """Macro-F1 of a fitted cheap learner over all `classes` (a class it never predicts scores 0)."""
     from sklearn.metrics import f1_score
 
-    model = learner(c, seed).fit(x, y, sample_weight=weights)
     return float(f1_score(y_test, model.predict(x_test), average="macro", labels=list(range(classes)), zero_division=0))

@@ -25,7 +25,7 @@ from frugal.errors import DataError
 from frugal.paths import ProjectPaths
 from tasks import store, tracking
 from tasks.common import DataRef, Ref, stage
-from tasks.data import labelled_rows, load_source, normalise_text, read_split
+from tasks.data import label_ids, labelled_rows, load_source, normalise_text, read_split
 from tasks.features import Features, featurize, fit_score, learner
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ class NoiseRef(Ref):
     weight: float
     flagged: int
     rows: int
-
-
-def label_ids(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    return frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy(dtype=np.int64)
 
 
 def out_of_fold(x: Any, y: np.ndarray, folds: int, c: float, seed: int) -> np.ndarray:

@@ -164,11 +164,13 @@ def train(
     import torch
     from tqdm.auto import tqdm
 
+    from tasks.data import label_ids  # here: config validation imports this module, and tasks.data imports MLflow
+
     check_precision(cfg)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model.to(device).train()
-    label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}).fillna(UNLABELLED), dtype=np.int64)
+    row_labels = label_ids(train_df, labels, unknown=UNLABELLED)
     texts = list(train_df["text"])
     lengths = np.array([len(t) for t in texts])
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
@@ -195,7 +197,7 @@ def train(
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
         with _autocast(cfg.precision, device):  # the forward only: losses take fp32 logits, backward follows the forward's dtypes
             outputs = model(**batch, **extra)
-        loss = loss_fn(outputs.logits.float(), torch.from_numpy(label_ids[idx]).to(device), idx)
+        loss = loss_fn(outputs.logits.float(), torch.from_numpy(row_labels[idx]).to(device), idx)
         if outputs_loss is not None:
             loss = loss + outputs_loss.fn(outputs, batch, idx)
         scaler.scale(loss).backward()

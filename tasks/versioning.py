@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,11 +211,8 @@ def pin(md5: str, cfg: RunConfig, paths: ProjectPaths) -> bool:
 @stage(name="version_data")
 def version_data(staged: Staged, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> DataRef:
     """Record the validated splits as a data version, push it to the DVC remote, and log it so any worker can fetch it."""
-    from filelock import FileLock
-
-    paths.work.mkdir(parents=True, exist_ok=True)
     # Runs on one project take turns here; later stages read the splits through the MLflow artifact, never this folder.
-    with FileLock(str(paths.work / "data.lock")):
+    with data_lock(paths):
         md5 = save(staged.dir(paths), paths)
         push(md5, paths, cfg.data.remote)  # before training: every run's data can be fetched elsewhere
         pinned = pin(md5, cfg, paths)
@@ -239,19 +238,32 @@ def splits_uri(md5: str, folder: Path, parent_run: str) -> str:
     return f"runs:/{parent_run}/data/splits"
 
 
+@contextlib.contextmanager
+def data_lock(paths: ProjectPaths) -> Iterator[None]:
+    """The project's data versions are written and read by one process at a time (runs, workers, studies)."""
+    from filelock import FileLock
+
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.work / "data.lock")):
+        yield
+
+
+@contextlib.contextmanager
+def restored(md5: str, paths: ProjectPaths, remote: str | None) -> Iterator[Path]:
+    """This machine's copy of version `md5` (see `restore`), under the data lock while it is read."""
+    with data_lock(paths):
+        yield restore(md5, paths, remote)
+
+
 @stage(name="restore_data")
 def restore_data(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
     """Stage the recorded version `data.version` instead of preparing the source; validation and versioning follow as usual."""
-    from filelock import FileLock
-
     from tasks.common import SPLITS
     from tasks.data import read_split
 
     assert cfg.data.version is not None
     staged = Staged(run_id=parent_run, rows={})
-    paths.work.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(paths.work / "data.lock")):
-        folder = restore(cfg.data.version, paths, cfg.data.remote)
+    with restored(cfg.data.version, paths, cfg.data.remote) as folder:
         shutil.rmtree(staged.dir(paths), ignore_errors=True)
         shutil.copytree(folder, staged.dir(paths))
     rows = {name: len(read_split(staged.dir(paths), name)) for name in SPLITS}
@@ -262,12 +274,8 @@ def restore_data(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged
 
 def read_version(md5: str, paths: ProjectPaths, remote: str | None) -> dict[str, pd.DataFrame]:
     """Every split of the recorded version `md5`, restored as `restore` does (for a study that reads, not trains on, data)."""
-    from filelock import FileLock
-
     from tasks.common import SPLITS
     from tasks.data import read_split
 
-    paths.work.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(paths.work / "data.lock")):
-        folder = restore(md5, paths, remote)
+    with restored(md5, paths, remote) as folder:
         return {name: read_split(folder, name) for name in SPLITS}

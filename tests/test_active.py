@@ -16,8 +16,8 @@ from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
 from tasks import tracking
 from tasks.active import Annotator, Curve, pick, run_strategy, uncertainty
+from tasks.data import label_ids
 from tasks.features import featurize
-from tasks.noise import label_ids
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath, PureWindowsPath
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 
 def relative_path(value: str) -> str:
@@ -20,3 +20,10 @@ def relative_path(value: str) -> str:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def unique(values: list[str], info: ValidationInfo) -> list[str]:
+    """A list field without repeats (a repeated label or strategy would be counted twice)."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{info.field_name} must be unique")
+    return values

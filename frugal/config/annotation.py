@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from frugal.config._base import Strict
+from frugal.config._base import Strict, unique
 
 
 class NoiseConfig(Strict):
@@ -44,12 +44,7 @@ class ActiveConfig(Strict):
     )
     pool_rows: int | None = Field(gt=0, description="Cap on the unlabelled pool (a stratified sample of the train split); null = all.")
 
-    @field_validator("strategies")
-    @classmethod
-    def _unique_strategies(cls, strategies: list[str]) -> list[str]:
-        if len(set(strategies)) != len(strategies):
-            raise ValueError("strategies must be unique")
-        return strategies
+    _unique_strategies = field_validator("strategies")(unique)
 
     @property
     def budget(self) -> int:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from frugal.config._base import Strict, relative_path
+from frugal.config._base import Strict, relative_path, unique
 
 
 class SplitConfig(Strict):
@@ -52,12 +52,7 @@ class DataConfig(Strict):
         "CSV/Parquet file with columns text, label[, created_at] as `frugal feedback export` writes; null = none."
     )
 
-    @field_validator("labels")
-    @classmethod
-    def _unique_labels(cls, labels: list[str]) -> list[str]:
-        if len(set(labels)) != len(labels):
-            raise ValueError("labels must be unique")
-        return labels
+    _unique_labels = field_validator("labels")(unique)
 
     @field_validator("dir")
     @classmethod

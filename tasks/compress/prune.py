@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -96,15 +95,17 @@ def taylor_scores(
     """Per layer: (score of each head, score of each FFN neuron)."""
     import torch
 
+    from tasks.data import label_ids  # here, not at the top: config validation imports this package
+
     d = family.head_dim(model)
     model.eval()
-    label_ids = np.array(train_df["label"].map({label: i for i, label in enumerate(labels)}), dtype=np.int64)
+    row_labels = label_ids(train_df, labels)
     sums: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b in range(min(batches, math.ceil(len(train_df) / batch_size))):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         batch = {k: torch.from_numpy(v) for k, v in tokenize(list(train_df["text"][rows])).items()}
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(**batch).logits, torch.from_numpy(label_ids[rows])).backward()
+        torch.nn.functional.cross_entropy(model(**batch).logits, torch.from_numpy(row_labels[rows])).backward()
         scores = [
             (unit_scores(layer, family.heads_in, family.heads_out, family, d), unit_scores(layer, family.ffn_in, family.ffn_out, family, 1))
             for layer in family.layers(model)

@@ -81,9 +81,14 @@ def _batches(tokenizer, texts: list[str], max_length: int, size: int):
         yield start, tokenizer(texts[start : start + size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
 
+def class_ids(frame: pd.DataFrame, spec: Spec) -> np.ndarray:
+    """Each row's index in `spec.labels` (tasks.data.label_ids, which this environment cannot import)."""
+    return np.array(frame["label"].map({label: i for i, label in enumerate(spec.labels)}), dtype=np.int64)  # writable, for torch
+
+
 def train_local(net, tokenizer, frame: pd.DataFrame, spec: Spec, seed: int) -> float:
     """`spec.local_epochs` passes of AdamW over this client's rows; the mean loss of the last epoch."""
-    ids = torch.tensor(frame["label"].map({label: i for i, label in enumerate(spec.labels)}).to_numpy(), dtype=torch.long)
+    ids = torch.from_numpy(class_ids(frame, spec))
     texts = frame["text"].tolist()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=spec.weight_decay)
     generator = np.random.default_rng(seed)
@@ -111,7 +116,7 @@ def macro_f1(net, tokenizer, frame: pd.DataFrame, spec: Spec) -> float:
     for _, batch in _batches(tokenizer, frame["text"].tolist(), spec.max_length, 64):
         preds.append(net(**batch).logits.argmax(-1).numpy())
     pred = np.concatenate(preds)
-    truth = frame["label"].map({label: i for i, label in enumerate(spec.labels)}).to_numpy()
+    truth = class_ids(frame, spec)
     scores = []
     for k in range(len(spec.labels)):
         tp, fp, fn = np.sum((pred == k) & (truth == k)), np.sum((pred == k) & (truth != k)), np.sum((pred != k) & (truth == k))
