@@ -40,7 +40,7 @@ def machine() -> str:
 
 def variant_runs(parent_run: str) -> dict[str, object]:
     """The measured variant runs of a pipeline run, by variant name."""
-    from tasks.tracking import mlflow_client
+    from tasks.plumbing.tracking import mlflow_client
 
     mlc = mlflow_client()
     runs = mlc.search_runs(
@@ -123,8 +123,8 @@ def main() -> int:
     from flows.pipeline import run
     from frugal.config import load_config
     from frugal.paths import ProjectPaths
-    from tasks import store
-    from tasks.versioning import version_folder
+    from tasks.plumbing import store
+    from tasks.version import version_folder
 
     cfg = load_config(args.config)
     evaluate = cfg.evaluate  # the report states the measurement settings the run used

@@ -2,7 +2,7 @@
 
     python benchmarks/families.py        # ~15 min on 2 shared cores; writes benchmarks/results/families.md
 
-Each family is a random model built from a config in code (tasks.modeling.tiny_family_config:
+Each family is a random model built from a config in code (ml.modeling.tiny_family_config:
 hidden 32, 2 layers, 4 heads, FFN 64, the embedded WordPiece tokenizer). Every method runs on it
 as the pipeline runs it (prune and distill train a few steps on the smoke data) and every result
 is measured by frugal's own measuring process (tasks.evaluate.run_measurement, the default
@@ -49,8 +49,9 @@ def tiny_model(model_type: str, labels: list[str], dst: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from frugal.modelio import Manifest, count_params, save_hf
-    from tasks.modeling import embedded_model_path, tiny_family_config
+    from frugal.runtime.formats.torch import count_params, save_hf
+    from frugal.runtime.manifest import Manifest
+    from ml.modeling import embedded_model_path, tiny_family_config
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(tiny_family_config(model_type, labels)).eval()
@@ -65,7 +66,7 @@ def splits(folder: Path):  # -> RunConfig
     """The smoke config on all ~38k tweets: ~3,800 test texts to time (a pass of a tiny model takes a fraction of a second),
     64 labelled rows for the training methods."""
     from frugal.config import RunConfig, load_config
-    from tasks.data import clean, load_source, split, write_splits
+    from ml.data import clean, load_source, split, write_splits
 
     data = load_config("smoke").model_dump(mode="json")
     data["data"]["max_rows"] = None
@@ -82,8 +83,9 @@ def cell(model_dir: Path, test: Path, cfg) -> tuple[str, float]:
     """usd_per_1m and parameters; a measurement whose passes spread over MAX_SPREAD (another job took the CPU) is taken
     again, up to MEASUREMENTS times, and the steadiest kept: choosing by spread, not speed, keeps the choice unbiased."""
     from frugal.config import load_hardware
-    from frugal.modelio import Manifest
-    from tasks.evaluate import run_measurement, usd_per_1m
+    from frugal.pricing import usd_per_1m
+    from frugal.runtime.manifest import Manifest
+    from tasks.evaluate import run_measurement
 
     tries = []
     while len(tries) < MEASUREMENTS and (not tries or tries[-1]["throughput_spread"] > MAX_SPREAD):
@@ -105,8 +107,8 @@ def main() -> int:
 
     from frugal.errors import SkipVariant
     from frugal.paths import ProjectPaths
-    from tasks.compress import get_method
-    from tasks.compression import StepSettings, context
+    from ml.compress import get_method
+    from tasks.compress import StepSettings, context
 
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     rows, notes = [], []

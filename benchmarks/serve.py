@@ -74,7 +74,7 @@ def find_targets(config: str, project_dir: str | None) -> tuple[list[Target], Pa
     from frugal.config import load_config
     from frugal.errors import ModelError
     from frugal.paths import ProjectPaths
-    from tasks import store, tracking
+    from tasks.plumbing import store, tracking
 
     cfg, paths = load_config(config), ProjectPaths.resolve(project_dir)
     uri = tracking.tracking_uri(cfg, paths)

@@ -10,13 +10,13 @@ from prefect import flow
 
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
-from tasks import tracking
 from tasks.active_study import StudyResult, study
+from tasks.plumbing import config as config_file
 
 
 @flow(name="frugal-active-learning", log_prints=True)
 def active_learning(config: str = "default", overrides: list[str] | None = None, project_dir: str | None = None) -> StudyResult:
     quiet_user_errors()
     paths = ProjectPaths.resolve(project_dir)
-    cfg = tracking.load_config_or_fail_run(config, overrides or [], paths)
+    cfg = config_file.load_or_fail_run(config, overrides or [], paths)
     return study(cfg, paths)

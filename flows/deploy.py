@@ -14,21 +14,12 @@ import os
 import sys
 from collections.abc import Iterator
 
-from frugal.config import RunConfig, WorkersConfig, load_config
+from frugal.config import RunConfig, load_config
 from frugal.paths import ROOT, ProjectPaths
+from tasks.dispatch import STAGES, stage_pools
+from tasks.register import ensure_promotion_limit
 
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
-
-
-def stage_pools(workers: WorkersConfig) -> dict[str, set[str]]:
-    """Pool -> the stage flows deployed on it (a step role without a pool runs in the parent flow)."""
-    roles = {"finetune": "finetune", "heavy_steps": "compress_step", "light_steps": "compress_step", "measure": "measure"}
-    pools: dict[str, set[str]] = {}
-    for role, stage in roles.items():
-        pool = getattr(workers, role)
-        if pool:
-            pools.setdefault(pool, set()).add(stage)
-    return pools
 
 
 def ensure_pool(name: str) -> bool:
@@ -58,17 +49,14 @@ def _deploy(entrypoint: str, name: str, pool: str, **options: object) -> None:
 
 def deploy(config: str, overrides: list[str], project_dir: str | None) -> Iterator[str]:
     """Register everything on the Prefect API in PREFECT_API_URL; yields one line per thing done."""
-    from flows.stages import ENTRYPOINTS
-    from tasks.package import ensure_promotion_limit
-
     cfg: RunConfig = load_config(config, overrides)
     pools = stage_pools(cfg.workers)
     for pool in sorted(set(pools) | {cfg.workers.pipeline}):
         yield f"work pool {pool}: {'created' if ensure_pool(pool) else 'exists'}"
     for pool, stages in sorted(pools.items()):
         for stage in sorted(stages):
-            _deploy(ENTRYPOINTS[stage], pool, pool)
-            yield f"deployment {ENTRYPOINTS[stage].split(':')[1]} -> {stage} steps on pool {pool}"
+            _deploy(STAGES[stage].entrypoint, pool, pool)
+            yield f"deployment {STAGES[stage].entrypoint.split(':')[1]} -> {stage} steps on pool {pool}"
     project = str(ProjectPaths.resolve(project_dir).root)
     schedule = cfg.schedule
     from prefect.schedules import Cron

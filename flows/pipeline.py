@@ -2,7 +2,7 @@
 
 With annotation.noise.detect, a label_noise stage (tasks/noise.py) runs before finetune and hands it the flagged rows.
 
-Stages hand each other references (tasks/common.py). Fine-tuning, every compression step and
+Stages hand each other references (tasks/plumbing/refs.py). Fine-tuning, every compression step and
 every measurement are cached Prefect tasks whose results persist in `result_storage`: a rerun
 reuses what is done. `tasks.dispatch` sends them to work pools in `execution: workers`.
 """
@@ -15,19 +15,22 @@ from prefect import flow
 
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
-from tasks import tracking
+from ml.compress.plan import plan
+from ml.modeling import check_source
 from tasks.cascade import build_cascades
-from tasks.common import Ref, Variant
-from tasks.compression import build_variant
-from tasks.data import prepare
+from tasks.compress import build_variant
 from tasks.dispatch import Dispatch, result_storage
 from tasks.evaluate import evaluate
-from tasks.modeling import check_source
-from tasks.noise import detect_label_noise, for_finetune
-from tasks.package import Registration, package, register
+from tasks.label_noise import detect_label_noise, for_finetune
+from tasks.package import package
+from tasks.plumbing import config as config_file
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import Ref, Variant
+from tasks.prepare import prepare
+from tasks.register import Registration, register
 from tasks.select import Selection, select
 from tasks.validate import validate
-from tasks.versioning import restore_data, version_data
+from tasks.version import restore_data, version_data
 
 Until = Literal["data", "finetune", "compress"]
 
@@ -46,7 +49,8 @@ def pipeline(
 ) -> PipelineResult:
     quiet_user_errors()
     paths = ProjectPaths.resolve(project_dir)
-    cfg = tracking.load_config_or_fail_run(config, overrides or [], paths)
+    cfg = config_file.load_or_fail_run(config, overrides or [], paths)
+    planned = plan(cfg.compress)  # the chains as method instances, formats checked: what builds and dispatches each step
     on = Dispatch(cfg, paths)
     with tracking.parent_run(cfg, paths) as run_id:
         check_source(cfg.model)
@@ -63,7 +67,7 @@ def pipeline(
         if until == "finetune":
             return stopped(run_id, data.md5, until)
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
-        for name, steps in cfg.compress.chains().items():
+        for name, steps in planned.chains.items():
             variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
         variants += build_cascades(cfg, variants, data, paths, run_id)  # in this process: two models over the val split
         if until == "compress":

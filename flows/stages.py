@@ -17,14 +17,14 @@ from prefect import flow
 from frugal.config import EvaluateConfig, FinetuneConfig, ModelConfig, StepConfig
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.common import DataRef, ModelRef
-from tasks.compression import StepSettings, compress_step
-from tasks.dispatch import storage_block
+from tasks.compress import StepSettings, compress_step
+from tasks.dispatch import STAGES, storage_block
 from tasks.evaluate import Measurement, measure_model
 from tasks.finetune import finetune
-from tasks.locks import serialised
-from tasks.noise import NoiseRef
+from tasks.label_noise import NoiseRef
+from tasks.plumbing import tracking
+from tasks.plumbing.locks import serialised
+from tasks.plumbing.refs import DataRef, ModelRef
 
 
 def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, ProjectPaths]:
@@ -35,7 +35,7 @@ def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, 
     return serialised(task, paths).with_options(result_storage=storage_block(result_storage, paths)), paths
 
 
-@flow(name="frugal-finetune", log_prints=True)
+@flow(name=STAGES["finetune"].flow, log_prints=True)
 def finetune_stage(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, parent_run: str,
     tracking_uri: str, result_storage: str, noise: NoiseRef | None = None,
@@ -44,7 +44,7 @@ def finetune_stage(
     return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run, noise=noise)
 
 
-@flow(name="frugal-compress-step", log_prints=True)
+@flow(name=STAGES["compress_step"].flow, log_prints=True)
 def compress_step_stage(
     src: ModelRef, step: StepConfig, data: DataRef, settings: StepSettings, parent_run: str, tracking_uri: str, result_storage: str
 ) -> ModelRef:
@@ -52,15 +52,7 @@ def compress_step_stage(
     return run_step(src=src, step=step, data=data, settings=settings, paths=paths, parent_run=parent_run)
 
 
-@flow(name="frugal-measure", log_prints=True)
+@flow(name=STAGES["measure"].flow, log_prints=True)
 def measure_stage(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, tracking_uri: str, result_storage: str) -> Measurement:
     measure, paths = _on_worker(measure_model, tracking_uri, result_storage)
     return measure(model_uri=model_uri, data=data, evaluate_cfg=evaluate_cfg, paths=paths)
-
-
-# What `frugal deploy` registers: the Dispatch role name -> the flow's entrypoint in this file.
-ENTRYPOINTS = {
-    "finetune": "flows/stages.py:finetune_stage",
-    "compress_step": "flows/stages.py:compress_step_stage",
-    "measure": "flows/stages.py:measure_stage",
-}

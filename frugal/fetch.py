@@ -1,4 +1,9 @@
-"""Fill a cache folder once, atomically: model stores in tasks/ and the serving app share this."""
+"""Artifacts as local folders: used in place when the store is a local folder, else downloaded once into a cache.
+
+The pipeline's model store (tasks/plumbing/store.py) and the serving app's registry source
+(frugal/serve/source.py) both fetch through here, so a model is never copied out of a local store
+and a download never leaves half a folder in the cache.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 
 def fetch_once(cached: Path, scratch: Path, download: Callable[[Path], Path]) -> Path:
@@ -28,3 +34,13 @@ def fetch_once(cached: Path, scratch: Path, download: Callable[[Path], Path]) ->
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cached
+
+
+def in_place(artifact_uri: str) -> Path | None:
+    """The artifact's own folder when its store is on this file system (file: or a bare path) and it exists there, else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path))
+        if path.exists():
+            return path
+    return None

@@ -51,3 +51,21 @@ class ProjectPaths:
             raise ConfigError(f"{key}={relative!r} leads outside the project folder {self.root} (to {path}).",
                               f"Set {key} to a folder inside the project.")  # fmt: skip
         return path
+
+
+# mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into this process: that value is frugal's, not the user's.
+_uri_set_by_frugal: str | None = None
+
+
+def tracking_uri(configured: str | None, root: Path) -> str:
+    """The MLflow store, by one rule for the pipeline, serving and every command (docs/configuration.md 'Where runs are tracked'):
+    MLFLOW_TRACKING_URI as the user set it wins, then the config's `tracking_uri`, then `mlflow.db` in the project folder."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    user_env = from_env if from_env and from_env != _uri_set_by_frugal else None
+    return user_env or configured or f"sqlite:///{Path(root) / 'mlflow.db'}"
+
+
+def tracking_uri_set_by_frugal(uri: str) -> None:
+    """Note the URI frugal handed to mlflow.set_tracking_uri (which also puts it in MLFLOW_TRACKING_URI)."""
+    global _uri_set_by_frugal
+    _uri_set_by_frugal = uri

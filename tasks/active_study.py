@@ -11,15 +11,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.active import Curve, check_budget, pool_and_test, run_strategy
-from tasks.common import Ref
-from tasks.data import label_ids
-from tasks.features import featurize, fit_score
+from ml.active import Curve, check_budget, run_strategy
+from ml.data import label_ids, labelled_rows
+from ml.features import featurize, fit_score
+from ml.prepare import prepared
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import Ref
+from tasks.version import read_version
 
 log = logging.getLogger(__name__)
 ARTIFACTS = "active_learning"
@@ -35,8 +38,6 @@ class StudyResult(Ref):
 
 def study(cfg: RunConfig, paths: ProjectPaths) -> StudyResult:
     """Check the budget against the pool, then run every configured strategy from one shared seed set and log the run."""
-    import numpy as np
-
     a, labels = cfg.annotation, cfg.data.labels
     pool, test = pool_and_test(cfg, paths)
     check_budget(a.active, len(pool), len(labels))  # before any run exists or any file is written
@@ -55,6 +56,13 @@ def study(cfg: RunConfig, paths: ProjectPaths) -> StudyResult:
         result = log_study(run_id, curves, full, cfg, len(pool), time.perf_counter() - started)
     log.info("Active learning (run %s):\n%s", run_id, result.table_md)
     return result
+
+
+def pool_and_test(cfg: RunConfig, paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train split (capped as annotation.active.pool_rows says) and the test split: of the recorded version `data.version`
+    when the config names one (as `frugal run` would train on), else prepared in memory from the source as `prepare` does."""
+    splits = read_version(cfg.data.version, paths, cfg.data.remote) if cfg.data.version else prepared(cfg, paths.root)[0]
+    return labelled_rows(splits["train"], cfg.annotation.active.pool_rows, cfg.seed).reset_index(drop=True), splits["test"]
 
 
 def curve_frame(curves: list[Curve], usd_per_label: float) -> pd.DataFrame:

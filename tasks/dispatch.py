@@ -12,20 +12,51 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from prefect.states import Cancelled, Crashed
 
-from frugal.config import RunConfig, StepConfig, WorkersConfig
-from frugal.errors import WorkerError
+from frugal.config import RunConfig, StepConfig, WorkersConfig, load_config
+from frugal.errors import ConfigError, WorkerError
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.lifecycle import close_runs_of_flow_run
-from tasks.locks import serialised
+from ml.compress import get_method
+from tasks.compress import compress_step
+from tasks.evaluate import measure_model
+from tasks.finetune import finetune
+from tasks.plumbing import tracking
+from tasks.plumbing.lifecycle import close_runs_of_flow_run
+from tasks.plumbing.locks import serialised
 
 log = logging.getLogger(__name__)
-STAGE_FLOWS = {"finetune": "frugal-finetune", "compress_step": "frugal-compress-step", "measure": "frugal-measure"}
+
+
+@dataclass(frozen=True)
+class StageFlow:
+    """A step kind that may leave the parent flow: the flow a worker runs it in, and which `workers:` keys give its pool."""
+
+    flow: str  # the Prefect flow's name (flows/stages.py)
+    entrypoint: str  # where `frugal deploy` finds that flow
+    roles: tuple[str, ...]  # WorkersConfig fields naming the pool(s) it runs on
+
+
+# The one table of step kinds, flows and roles: dispatch, flows/stages.py and `frugal deploy` (flows/deploy.py) read it.
+STAGES = {
+    "finetune": StageFlow("frugal-finetune", "flows/stages.py:finetune_stage", ("finetune",)),
+    "compress_step": StageFlow("frugal-compress-step", "flows/stages.py:compress_step_stage", ("heavy_steps", "light_steps")),
+    "measure": StageFlow("frugal-measure", "flows/stages.py:measure_stage", ("measure",)),
+}
+
+
+def stage_pools(workers: WorkersConfig) -> dict[str, set[str]]:
+    """Pool -> the step kinds deployed on it (a role without a pool runs in the parent flow)."""
+    pools: dict[str, set[str]] = {}
+    for kind, spec in STAGES.items():
+        for role in spec.roles:
+            if pool := getattr(workers, role):
+                pools.setdefault(pool, set()).add(kind)
+    return pools
 
 
 class StepCrashed(WorkerError):
@@ -38,9 +69,6 @@ class StepCrashed(WorkerError):
 
 def result_storage(config: str, overrides: list[str], project_dir: str | None) -> Any:
     """The Prefect result storage the config names: a folder in the project, or an fsspec URL (s3://...)."""
-    from frugal.config import load_config
-    from frugal.errors import ConfigError
-
     paths = ProjectPaths.resolve(project_dir)
     try:
         where = load_config(config, overrides).result_storage
@@ -72,20 +100,13 @@ class Dispatch:
         return getattr(self.cfg.workers, role) if self.cfg.execution == "workers" else None
 
     def finetune(self, **kwargs: Any) -> Any:
-        from tasks.finetune import finetune
-
         return self._call("finetune", finetune, self._pool("finetune"), kwargs)
 
     def compress_step(self, *, step: StepConfig, **kwargs: Any) -> Any:
-        from tasks.compress import get_method
-        from tasks.compression import compress_step
-
         role = "heavy_steps" if get_method(step.method).heavy else "light_steps"
         return self._call("compress_step", compress_step, self._pool(role), {"step": step, **kwargs})
 
     def measure(self, **kwargs: Any) -> Any:
-        from tasks.evaluate import measure_model
-
         return self._call("measure", measure_model, self._pool("measure"), kwargs)
 
     def _call(self, stage: str, task: Callable[..., Any], pool: str | None, kwargs: dict[str, Any]) -> Any:
@@ -95,7 +116,7 @@ class Dispatch:
         params = {k: v for k, v in kwargs.items() if k != "paths"}
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
         try:
-            return run_remote(STAGE_FLOWS[stage], task.name, pool, params, self.cfg.workers)
+            return run_remote(STAGES[stage].flow, task.name, pool, params, self.cfg.workers)
         except StepCrashed as crash:
             if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
                 mlc = tracking.mlflow_client()

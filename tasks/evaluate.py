@@ -1,6 +1,6 @@
 """evaluate: every variant, the baseline included, on the test split, on this machine, the same way.
 
-Quality and cost come from one measuring process per variant (frugal/measure.py), run one
+Quality and cost come from one measuring process per variant (frugal/runtime/measure.py), run one
 after another so no two variants compete for the CPU.
 """
 
@@ -15,18 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from frugal.config import EvaluateConfig, RunConfig, load_hardware
-from frugal.modelio import Manifest, model_size_mb
 from frugal.paths import ProjectPaths
-from tasks import store, tracking
-from tasks.common import DataRef, Ref, Scores, Variant, stage
-from tasks.finetune import train_usd
+from frugal.pricing import train_usd, usd_per_1m
+from frugal.runtime.manifest import Manifest, model_size_mb
+from ml.quality import confusion_png, quality
+from tasks.plumbing import store, tracking
+from tasks.plumbing.refs import DataRef, Ref, Scores, Variant
+from tasks.plumbing.stage import stage
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.evaluate", "frugal.measure", "frugal.runtime", "frugal.modelio", "frugal.cascade")
+# The measuring process runs frugal.runtime.measure (a subprocess, not an import): its code is this stage's too.
+CODE_DEPS = ("frugal.runtime.measure",)
 
 
 def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) -> dict:
@@ -46,43 +48,11 @@ def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) ->
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "frugal.measure", str(out)], input=json.dumps(request), env=env, capture_output=True, text=True
+            [sys.executable, "-m", "frugal.runtime.measure", str(out)], input=json.dumps(request), env=env, capture_output=True, text=True
         )
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"measuring {model_dir} failed:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
-
-
-def quality(truth: list[str], predicted: list[str], labels: list[str]) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(np.mean(per_label)),
-        **{f"f1_{label}": float(score) for label, score in zip(labels, per_label, strict=True)},
-    }
-
-
-def usd_per_1m(throughput_per_s: float, usd_per_hour: float) -> float:
-    """Instance $/hour divided by predictions per hour, times a million."""
-    return usd_per_hour / (throughput_per_s * 3600) * 1e6
-
-
-def confusion_png(truth: list[str], predicted: list[str], labels: list[str], title: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ConfusionMatrixDisplay.from_predictions(truth, predicted, labels=labels, ax=ax, colorbar=False)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 class Measurement(Ref):
@@ -92,7 +62,7 @@ class Measurement(Ref):
     metrics: dict[str, float]
 
 
-@stage(name="measure", cached=CODE)
+@stage(name="measure", cached=True)
 def measure_model(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, paths: ProjectPaths) -> Measurement:
     """Quality inputs and cost of one model on the test split, in a fresh process (cached: a rerun reuses it)."""
     model_dir = store.resolve(model_uri, paths)
@@ -115,7 +85,7 @@ def score(measured: Measurement, truth: list[str], variant: Variant, cfg: RunCon
         **quality(truth, measured.predicted, cfg.data.labels),
         **measured.metrics,
         "train_seconds": variant.train_seconds,
-        "train_usd": train_usd(variant.train_seconds, cfg.finetune),
+        "train_usd": train_usd(variant.train_seconds, cfg.finetune.instance),
     }
     if variant.model is not None:
         trained = tracking.mlflow_client().get_run(variant.model.run_id).data.metrics.get("trainable_share")

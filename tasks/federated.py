@@ -29,17 +29,21 @@ import pandas as pd
 from frugal import flower_env
 from frugal.config import FinetuneConfig, ModelConfig
 from frugal.errors import DataError, FrugalError
-from frugal.flower.frugal_fl import partition
-from frugal.modelio import TOKENIZER_DIR, Manifest, count_params, save_hf
 from frugal.paths import ProjectPaths
-from tasks import store, tracking
-from tasks.common import DataRef, ModelRef
-from tasks.data import labelled_rows, read_split
-from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
-from tasks.training import ensure_pad_token_id
+from frugal.pricing import train_usd
+from frugal.runtime.formats.torch import count_params, save_hf
+from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
+from ml.adapters import lora_config
+from ml.data import labelled_rows, read_split
+from ml.flower.frugal_fl import partition
+from ml.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
+from ml.training import ensure_pad_token_id
+from tasks.plumbing import store, tracking
+from tasks.plumbing.refs import DataRef, ModelRef
 
 log = logging.getLogger(__name__)
-APP_DIR = Path(__file__).resolve().parents[1] / "frugal" / "flower"
+APP_DIR = Path(__file__).resolve().parents[1] / "ml" / "flower"
+CODE_DEPS = ("ml.flower.frugal_fl",)  # the Flower App this step runs (in its own environment, so never imported here)
 
 
 class FederatedRunFailed(FrugalError):
@@ -216,16 +220,13 @@ def merged(net, cfg: FinetuneConfig, adapters: Path):  # -> torch.nn.Module
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from tasks.finetune import _lora_config
-
-    peft_net = get_peft_model(net, _lora_config(cfg.adapter))
+    peft_net = get_peft_model(net, lora_config(cfg.adapter))
     set_peft_model_state_dict(peft_net, load_file(str(adapters)))
     return peft_net.merge_and_unload().eval()
 
 
 def log_record(run_id: str, record: dict, cfg: FinetuneConfig, seconds: float, total: int) -> None:
     """Params, the per-round curve (step = round) and the totals on the finetune step run."""
-    from tasks.finetune import train_usd
 
     fed, rounds = cfg.federated, record["rounds"]
     tracking.log_params(run_id, {"adapter": "lora", "federated": True, "fl_clients": fed.clients, "fl_rounds": fed.rounds,
@@ -242,7 +243,7 @@ def log_record(run_id: str, record: dict, cfg: FinetuneConfig, seconds: float, t
     tracking.set_tags(run_id, {"fl_best_round": str(best["round"])})
     tracking.log_metrics(run_id, {"best_val_macro_f1": best["val_macro_f1"], "trainable_share": _adapter_params(rounds) / total,
                                   "fl_bytes_on_wire": wire, "fl_bytes_full_model": full, "fl_wire_share": wire / full,
-                                  "train_seconds": seconds, "train_usd": train_usd(seconds, cfg)})  # fmt: skip
+                                  "train_seconds": seconds, "train_usd": train_usd(seconds, cfg.instance)})  # fmt: skip
     tracking.log_text(run_id, json.dumps(record, indent=1), "federated/rounds.json")
 
 

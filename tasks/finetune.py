@@ -18,40 +18,34 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from frugal.config import AdapterConfig, FinetuneConfig, ModelConfig, TrainConfig, load_hardware
-from frugal.errors import ConfigError
-from frugal.modelio import Manifest, count_params, save_hf
+from frugal.config import FinetuneConfig, ModelConfig, TrainConfig
 from frugal.paths import ProjectPaths
+from frugal.pricing import train_usd
 from frugal.runtime import Tokenize
-from tasks import store, tracking
-from tasks.caching import digest
-from tasks.common import DataRef, ModelRef, stage
-from tasks.data import labelled_rows, read_split
-from tasks.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
-from tasks.noise import NoiseRef, flagged_texts, treated, weighted_cross_entropy
-from tasks.training import TrainResult, check_precision, ensure_pad_token_id, resolve_device, train
+from frugal.runtime.formats.torch import count_params, save_hf
+from frugal.runtime.manifest import Manifest
+from ml.adapters import check_4bit, merged, with_adapter
+from ml.checkpoints import checkpoint_dir
+from ml.data import labelled_rows, read_split
+from ml.modeling import load_pretrained_with_notes, load_tokenizer, save_tokenizer
+from ml.noise import treated, weighted_cross_entropy
+from ml.training import TrainResult, check_precision, ensure_pad_token_id, train
+from tasks.federated import finetune_federated
+from tasks.label_noise import NoiseRef, flagged_texts
+from tasks.plumbing import store, tracking
+from tasks.plumbing.refs import DataRef, ModelRef
+from tasks.plumbing.stage import stage
 
 log = logging.getLogger(__name__)
-CODE = ("tasks.finetune", "tasks.training", "tasks.checkpoints", "tasks.modeling", "tasks.data", "tasks.noise", "frugal.modelio",
-        "frugal.runtime", "tasks.federated", *(f"frugal.flower.frugal_fl.{m}" for m in ("server_app", "client_app", "task", "partition")))
-
-
-def train_usd(seconds: float, cfg: TrainConfig) -> float:
-    return seconds / 3600 * load_hardware()[cfg.instance].usd_per_hour
 
 
 def training_record(result: TrainResult, cfg: TrainConfig, total: int) -> tuple[dict, dict]:
     """The record of every training step, plus its time and $."""
     params, metrics = result.record(total)
-    return params, {**metrics, "train_seconds": result.seconds, "train_usd": train_usd(result.seconds, cfg)}
+    return params, {**metrics, "train_seconds": result.seconds, "train_usd": train_usd(result.seconds, cfg.instance)}
 
 
-def checkpoint_dir(paths: ProjectPaths, stage_name: str, *inputs: object) -> Path:
-    """Where a training stage keeps its resume point: named by what it trains on, so only the same work resumes it."""
-    return paths.work / "checkpoints" / f"{stage_name}-{digest(*inputs)}"
-
-
-@stage(name="finetune", cached=CODE)
+@stage(name="finetune", cached=True)
 def finetune(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, paths: ProjectPaths, parent_run: str,
     noise: NoiseRef | None = None,
@@ -61,8 +55,6 @@ def finetune(
     `noise` (the label_noise stage's run) drops or down-weights the rows it flagged; None trains on every row alike.
     """
     if train_cfg.federated.enabled:  # LoRA across Flower clients, FedAvg-merged: tasks/federated.py
-        from tasks.federated import finetune_federated
-
         return finetune_federated(data, model, train_cfg, labels, seed, paths, parent_run)
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None
     check_precision(train_cfg)  # before any data or model is loaded: the baseline cannot be skipped
@@ -110,68 +102,3 @@ def finetune(
     shutil.rmtree(ckpt, ignore_errors=True)  # the model is safe in the store now
     log.info("Fine-tuned in %.0f s on %s: best val macro-F1 %.4f", result.seconds, result.device, result.best_val_macro_f1)
     return ModelRef(run_id=run_id, seconds=result.seconds)
-
-
-def check_4bit(cfg: FinetuneConfig) -> None:
-    """QLoRA needs bitsandbytes' CUDA kernels: one clear error on any other machine (the baseline cannot be skipped)."""
-    import importlib.util
-
-    if resolve_device(cfg.device) != "cuda":
-        raise ConfigError(
-            "finetune.adapter.quantize_4bit (QLoRA) needs a CUDA device; this fine-tune runs on the CPU.",
-            "Set finetune.adapter.quantize_4bit: false (plain LoRA) or run the finetune stage on a CUDA machine.",
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("finetune.adapter.quantize_4bit (QLoRA) needs bitsandbytes.", "pip install -e '.[gpu]'")
-
-
-def _lora_config(adapter: AdapterConfig):  # -> peft.LoraConfig
-    from peft import LoraConfig, TaskType
-
-    # SEQ_CLS also trains the new classifier head in full (peft's modules_to_save).
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
-    )  # fmt: skip
-
-
-def with_adapter(net, adapter: AdapterConfig, base_dir: Path):  # -> peft.PeftModel
-    """`net` wrapped with LoRA adapters; with quantize_4bit, a 4-bit copy of it (`net` is kept in `base_dir` for the merge)."""
-    from peft import get_peft_model
-
-    if adapter.quantize_4bit:
-        import torch
-        from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
-
-        net.save_pretrained(base_dir)  # the fp32 weights with this seed's head: the adapters are merged into these
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
-        )
-        net = AutoModelForSequenceClassification.from_pretrained(base_dir, quantization_config=quantization, device_map="cuda")
-        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=False)
-    try:
-        return get_peft_model(net, _lora_config(adapter))
-    except ValueError as exc:  # peft knows no default target modules for this architecture, or a name matches no layer
-        raise ConfigError(
-            f"LoRA adapters cannot be placed on {type(net).__name__}: {exc}",
-            "Set finetune.adapter.target_modules to the names of the model's attention Linear layers.",
-        ) from None
-
-
-def merged(net, adapter: AdapterConfig, base_dir: Path):  # -> torch.nn.Module
-    """The fine-tuned model with its adapters merged into fp32 weights: a plain transformers model that serves as any other.
-
-    After QLoRA the adapters (and head) are merged into the fp32 weights they were trained over, reloaded from `base_dir`,
-    not into the 4-bit copy, whose weights would have to be dequantized with their rounding error.
-    """
-    if not adapter.quantize_4bit:
-        return net.merge_and_unload().eval()
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers import AutoModelForSequenceClassification
-
-    trained = {k: v.float().cpu() for k, v in get_peft_model_state_dict(net).items()}
-    base = AutoModelForSequenceClassification.from_pretrained(base_dir)
-    fp32 = get_peft_model(base, _lora_config(adapter))
-    set_peft_model_state_dict(fp32, trained)
-    return fp32.merge_and_unload().eval()

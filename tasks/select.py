@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 from frugal.config import RunConfig
-from tasks import tracking
-from tasks.common import Ref, Scores, Variant, stage
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import Ref, Scores, Variant
+from tasks.plumbing.stage import stage
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = (

@@ -21,8 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugal.config import RunConfig, load_config  # noqa: E402
 from frugal.paths import ProjectPaths  # noqa: E402
-from tasks import tracking  # noqa: E402
-from tasks.common import DataRef, ModelRef  # noqa: E402
+from tasks.plumbing import tracking  # noqa: E402
+from tasks.plumbing.refs import DataRef, ModelRef  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -101,7 +101,7 @@ class Built:
 @pytest.fixture(scope="session")
 def smoke_splits(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig, store: ProjectPaths) -> LocalSplits:
     """The smoke splits, logged as the data version a pipeline run would log."""
-    from tasks.data import clean, load_source, split, write_splits
+    from ml.data import clean, load_source, split, write_splits
 
     folder = tmp_path_factory.mktemp("splits")
     frame, _ = clean(load_source(smoke_cfg.data, Path.cwd()), smoke_cfg.data)
@@ -115,8 +115,8 @@ def smoke_splits(tmp_path_factory: pytest.TempPathFactory, smoke_cfg: RunConfig,
 @pytest.fixture(scope="session")
 def baseline(smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPaths) -> Built:
     """The smoke baseline, fine-tuned once for every test that needs a model."""
-    from tasks import store as model_store
     from tasks.finetune import finetune
+    from tasks.plumbing import store as model_store
 
     tracking.client(smoke_cfg, store)
     cfg = smoke_cfg

@@ -14,10 +14,10 @@ from labels_data import LABELS, synthetic
 from frugal.config import RunConfig
 from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.active import Annotator, Curve, pick, run_strategy, uncertainty
-from tasks.data import label_ids
-from tasks.features import featurize
+from ml.active import Annotator, Curve, pick, run_strategy, uncertainty
+from ml.data import label_ids
+from ml.features import featurize
+from tasks.plumbing import tracking
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,25 @@ import pytest
 from conftest import Built, LocalSplits
 from helpers import shrink
 
-from frugal.cascade import CascadePredictor, combine, deferred
 from frugal.config import RunConfig, StepConfig, load_config
 from frugal.errors import ConfigError, SkipVariant
-from frugal.modelio import Manifest
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks import store as model_store
-from tasks import tracking
-from tasks.cascade import build_cascade, calibrate, cascade_model, macro_f1_by_deferral, write_cascade
-from tasks.common import Variant
-from tasks.evaluate import quality
+from frugal.runtime.formats.cascade import CascadePredictor, combine, deferred
+from frugal.runtime.manifest import Manifest
+from ml.cascade import calibrate, macro_f1_by_deferral, write_cascade
+from ml.quality import quality
+from tasks.cascade import build_cascade, cascade_model
+from tasks.plumbing import store as model_store
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import Variant
 
 LABELS = ["negative", "neutral", "positive"]
 
 
 @pytest.fixture(scope="module")
 def cheap(baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths) -> Built:
-    from tasks.compression import StepSettings, compress_step
+    from tasks.compress import StepSettings, compress_step
 
     step = StepConfig(method="distill", layers=1, intermediate_size=32, epochs=1)
     with tracking.parent_run(smoke_cfg, store, run_name="cascade-parts") as run_id:
@@ -194,9 +195,10 @@ def test_a_cascade_bundle_serves_through_mlflow_pyfunc_with_both_runtimes(
 ) -> None:
     import mlflow.pyfunc
 
-    from tasks.compress import get_method
-    from tasks.compression import StepSettings, context
-    from tasks.package import build_bundle, runtime
+    from frugal.runtime.registry import packages
+    from ml.compress import get_method
+    from tasks.compress import StepSettings, context
+    from tasks.package import build_bundle
 
     get_method("onnx_export").from_config({}).apply(baseline.model_dir, tmp_path / "onnx", context(StepSettings.of(smoke_cfg),
                                                    smoke_splits.dir, store))  # fmt: skip
@@ -208,8 +210,8 @@ def test_a_cascade_bundle_serves_through_mlflow_pyfunc_with_both_runtimes(
     assert np.abs(out[[f"p_{label}" for label in LABELS]].to_numpy() - expected).max() < 1e-6
     requirements = (bundle / "requirements.txt").read_text()
     assert "onnxruntime==" in requirements and "torch==" in requirements  # the ONNX cheap part and the PyTorch strong part
-    assert runtime(tmp_path / "c") == ("onnxruntime", "tokenizers", "torch", "transformers", "safetensors")
-    assert (bundle / "code" / "frugal" / "cascade.py").is_file()
+    assert packages(tmp_path / "c") == ("onnxruntime", "tokenizers", "torch", "transformers", "safetensors")
+    assert (bundle / "code" / "frugal" / "runtime" / "formats" / "cascade.py").is_file()
 
 
 def test_a_cascade_over_a_skipped_variant_is_skipped_with_its_reason(

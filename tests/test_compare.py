@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from frugal.cli import main
-from tasks import compare
-from tasks.compare import CompareError
+from tasks.reports import compare
+from tasks.reports.compare import CompareError
 
 METRICS = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "model_size_mb")
 HASH_A, HASH_B = "aaaa1111bbbb2222cccc3333dddd4444", "eeee5555ffff6666aaaa7777bbbb8888"

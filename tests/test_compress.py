@@ -9,18 +9,20 @@ from conftest import Built, LocalSplits
 from helpers import sample_texts
 
 from frugal.config import RunConfig, StepConfig
-from frugal.modelio import Manifest, model_size_mb
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks import store as model_store
-from tasks.common import Variant
-from tasks.compress import REGISTRY, get_method
-from tasks.compression import StepSettings, build_variant, compress_step
-from tasks.tracking import mlflow_client
+from frugal.runtime.manifest import Manifest, model_size_mb
+from ml.compress import REGISTRY, get_method
+from ml.compress.plan import Step, chain
+from tasks.compress import StepSettings, build_variant, compress_step
+from tasks.plumbing import store as model_store
+from tasks.plumbing.refs import Variant
+from tasks.plumbing.tracking import mlflow_client
 
 
 def variant(name: str, steps: list[dict], baseline: Built, splits: LocalSplits, cfg: RunConfig, store: ProjectPaths, run: str) -> Variant:
-    return build_variant(name, [StepConfig(**s) for s in steps], baseline.ref, splits.ref, cfg, store, run, run_step=compress_step.fn)
+    steps = chain(name, [StepConfig(**s) for s in steps])
+    return build_variant(name, steps, baseline.ref, splits.ref, cfg, store, run, run_step=compress_step.fn)
 
 
 def test_methods_are_discovered_by_name() -> None:
@@ -33,8 +35,8 @@ def test_dynamic_int8_reloads_and_agrees_with_the_model_before_saving(
 ) -> None:
     import torch
 
-    from frugal.modelio import load_torch, quantize_dynamic_int8
     from frugal.runtime import Tokenize
+    from frugal.runtime.formats.torch import load_torch, quantize_dynamic_int8
 
     result = variant("int8", [{"method": "dynamic_int8"}], baseline, smoke_splits, smoke_cfg, store, parent_run)
     model_dir = model_store.model_dir(result.model, store)
@@ -66,9 +68,10 @@ def test_a_step_logs_its_model_once_on_a_step_run(
 def test_a_failing_method_is_recorded_and_does_not_raise(
     baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
 ) -> None:
-    # dynamic_int8 refuses a model that is already int8: a real failure, not a mock.
-    steps = [{"method": "dynamic_int8"}, {"method": "dynamic_int8"}]
-    result = variant("twice", steps, baseline, smoke_splits, smoke_cfg, store, parent_run)
+    # dynamic_int8 refuses a model that is already int8: a real failure, not a mock. (The plan refuses this chain before
+    # anything runs, tests/test_config.py; here it is built step by step to reach the method's own check.)
+    twice = [Step(StepConfig(method="dynamic_int8"), get_method("dynamic_int8").from_config({})) for _ in range(2)]
+    result = build_variant("twice", twice, baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "failed" and "needs a PyTorch (hf) model" in result.reason
     failed = mlflow_client().search_runs(
         [mlflow_client().get_run(parent_run).info.experiment_id],
@@ -96,8 +99,8 @@ def test_a_batch_of_transfer_rows_only_has_a_finite_distillation_loss() -> None:
     import numpy as np
     import torch
 
-    from tasks.compress._common import distillation_loss
-    from tasks.training import UNLABELLED
+    from ml.compress.common import distillation_loss
+    from ml.training import UNLABELLED
 
     teacher = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
     loss = distillation_loss(teacher, temperature=2.0, alpha=0.5)

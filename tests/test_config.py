@@ -6,6 +6,7 @@ import pytest
 
 from frugal.config import CONFIGS_DIR, load_config, load_hardware
 from frugal.errors import ConfigError
+from ml.compress.plan import plan
 
 
 @pytest.mark.parametrize("name", ["default", "smoke"])
@@ -46,12 +47,30 @@ def test_bad_value_names_the_key() -> None:
 
 def test_unknown_compression_method_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown compression method 'zip'.*dynamic_int8"):
-        load_config("smoke", ["compress.variants={v: {method: zip}}"])
+        plan(load_config("smoke", ["compress.variants={v: {method: zip}}"]).compress)
 
 
 def test_bad_method_option_names_variant_and_option() -> None:
     with pytest.raises(ConfigError, match=r"variant 'v', method 'dynamic_int8': bits"):
-        load_config("smoke", ["compress.variants={v: {method: dynamic_int8, bits: 4}}"])
+        plan(load_config("smoke", ["compress.variants={v: {method: dynamic_int8, bits: 4}}"]).compress)
+
+
+def test_a_step_that_cannot_take_the_format_before_it_is_one_config_error() -> None:
+    """Formats are checked along the chain before anything runs: prune takes a PyTorch model, onnx_export gives ONNX."""
+    with pytest.raises(ConfigError, match=r"variant 'v': prune takes hf, but step 1 \(onnx_export\) gives onnx"):
+        plan(load_config("smoke", ["compress.variants={v: [{method: onnx_export}, {method: prune}]}"]).compress)
+    planned = plan(load_config("smoke", ["compress.variants={v: [{method: prune}, {method: onnx_int8}]}"]).compress)
+    assert [step.method.name for step in planned.chains["v"]] == ["prune", "onnx_int8"]
+
+
+def test_the_config_schema_does_not_read_the_method_registry() -> None:
+    """Validating a YAML file imports no compression method: the schema checks the shape, the plan the methods."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from frugal.config import load_config; load_config('smoke'); "
+             "print(sorted(m for m in sys.modules if m.startswith(('ml', 'tasks'))))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_unknown_instance_is_rejected() -> None:
@@ -82,7 +101,7 @@ def test_config_digest_changes_with_content() -> None:
 
 def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from frugal.paths import ProjectPaths
-    from tasks.tracking import tracking_uri
+    from tasks.plumbing.tracking import tracking_uri
 
     paths = ProjectPaths(tmp_path)
     assert tracking_uri(load_config("smoke"), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -126,7 +145,7 @@ def test_remote_code_must_be_pinned_to_a_full_commit_hash(revision: str) -> None
 
 def test_a_full_commit_pin_is_accepted_and_lets_that_commit_run_its_code() -> None:
     from frugal.errors import ModelError
-    from tasks.modeling import _source, check_source
+    from ml.modeling import _source, check_source
 
     hub = ["model.source=hub", "model.name_or_path=org/model", f"model.trust_remote_code={{org/model: {COMMIT}}}"]
     cfg = load_config("smoke", [*hub, f"model.revision={COMMIT}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,8 +21,29 @@ STAGES = {"data": {"seed", "data", "validation"},
           "compress": {"compress"}, "evaluate": {"evaluate", "select"}}  # fmt: skip
 
 
+def dvc_sync():  # noqa: ANN201 - the module tools/dvc_sync.py
+    spec = importlib.util.spec_from_file_location("dvc_sync", ROOT / "tools" / "dvc_sync.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_params_yaml_agrees_with_the_default_config() -> None:
     assert load_config(ROOT / "params.yaml").model_dump() == load_config("default").model_dump()
+    assert (ROOT / "params.yaml").read_text() == dvc_sync().params_yaml()  # generated, never a hand copy
+
+
+def test_each_stage_depends_on_exactly_the_code_it_runs() -> None:
+    """dvc.yaml is what tools/dvc_sync.py writes: each stage's code deps are the import closure of the stages it runs,
+    the computation behind the cache keys, so an edit to the runtime or a helper reruns the stages that use it."""
+    from frugal.codegraph import files
+
+    assert (ROOT / "dvc.yaml").read_text() == dvc_sync().dvc_yaml()
+    deps = {name: set(stage["deps"]) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
+    assert {"frugal/runtime/predictor.py", "frugal/runtime/manifest.py", "frugal/runtime/formats/cascade.py",
+            "frugal/runtime/measure.py"} <= deps["evaluate"]  # fmt: skip
+    assert "ml/compress/onnx.py" in deps["compress"] and "ml/compress/onnx.py" not in deps["finetune"]
+    assert {p.as_posix() for p in files(["tasks.finetune"])} <= deps["finetune"]
 
 
 def test_dvc_reads_every_stage_and_its_params() -> None:

@@ -6,9 +6,11 @@ from helpers import COST, QUALITY
 
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
-from tasks.common import Scores, Variant
-from tasks.evaluate import evaluate, quality, usd_per_1m
-from tasks.tracking import mlflow_client
+from frugal.pricing import usd_per_1m
+from ml.quality import quality
+from tasks.evaluate import evaluate
+from tasks.plumbing.refs import Scores, Variant
+from tasks.plumbing.tracking import mlflow_client
 
 
 def test_usd_per_1m_is_price_over_predictions_per_hour() -> None:

@@ -19,13 +19,14 @@ from helpers import sample_texts, shrink
 
 from frugal.config import RunConfig
 from frugal.errors import ModelError, SkipVariant
-from frugal.modelio import Manifest, count_params, load_torch, save_hf
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks.compress import TorchMethod, get_method
-from tasks.compress._families import family_of
-from tasks.compression import StepSettings, context
-from tasks.modeling import embedded_model_path, tiny_family_config
+from frugal.runtime.formats.torch import count_params, load_torch, save_hf
+from frugal.runtime.manifest import Manifest
+from ml.compress import TorchMethod, get_method
+from ml.families import family_of
+from ml.modeling import embedded_model_path, tiny_family_config
+from tasks.compress import StepSettings, context
 
 FAMILIES = ["bert", "distilbert", "roberta", "deberta-v2", "electra", "modernbert"]
 NAMES = {"bert": "BERT", "distilbert": "DistilBERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "electra": "ELECTRA",
@@ -256,11 +257,11 @@ def two_label_checkpoint(dst: Path) -> Path:
 def test_a_head_of_another_shape_is_replaced_and_the_body_kept(smoke_cfg: RunConfig, tmp_path: Path, caplog) -> None:
     from safetensors.torch import load_file
 
-    from tasks.modeling import load_pretrained_with_notes
+    from ml.modeling import load_pretrained_with_notes
 
     src = two_label_checkpoint(tmp_path / "ckpt")
     cfg = smoke_cfg.model.model_copy(update={"source": "path", "name_or_path": str(src)})
-    with caplog.at_level(logging.WARNING, logger="tasks.modeling"):
+    with caplog.at_level(logging.WARNING, logger="ml.modeling"):
         model, notes = load_pretrained_with_notes(cfg, smoke_cfg.data.labels, 0)
     assert model.classifier.out_features == 3
     assert len(notes) == 1 and "classifier.weight [2, 32] -> [3, 32]" in notes[0] and "fresh head" in notes[0]
@@ -270,7 +271,7 @@ def test_a_head_of_another_shape_is_replaced_and_the_body_kept(smoke_cfg: RunCon
 
 
 def test_a_body_that_contradicts_its_config_is_one_clear_error(smoke_cfg: RunConfig, tmp_path: Path) -> None:
-    from tasks.modeling import load_pretrained
+    from ml.modeling import load_pretrained
 
     src = two_label_checkpoint(tmp_path / "ckpt")
     config = json.loads((src / "config.json").read_text())
@@ -284,7 +285,7 @@ def test_finetuning_a_two_label_checkpoint_for_three_labels_records_the_new_head
     smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths, parent_run: str, tmp_path: Path
 ) -> None:
     from tasks.finetune import finetune
-    from tasks.tracking import mlflow_client
+    from tasks.plumbing.tracking import mlflow_client
 
     src = two_label_checkpoint(tmp_path / "ckpt")
     cfg = shrink(smoke_cfg, model={"source": "path", "name_or_path": str(src)}, finetune={"max_rows": 64, "epochs": 1})

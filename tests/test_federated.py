@@ -19,9 +19,9 @@ from conftest import Built, LocalSplits
 
 from frugal.config import RunConfig, load_config
 from frugal.errors import ConfigError, DataError, FrugalError
-from frugal.flower.frugal_fl import partition
 from frugal.paths import ROOT, ProjectPaths
-from tasks import tracking
+from ml.flower.frugal_fl import partition
+from tasks.plumbing import tracking
 
 FLOWER = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "bin/flwr run")
 FED = ["finetune.federated.enabled=true", "finetune.federated.clients=2", "finetune.federated.clients_per_round=2"]
@@ -130,8 +130,8 @@ def test_a_second_build_waits_for_the_first_and_uses_its_environment(tmp_path: P
 
 def test_clients_tokenize_exactly_as_the_pipeline_does(baseline: Built, tmp_path: Path) -> None:
     """The Flower App reads the model folder the pipeline wrote; its tokenizer must give the ids serving gives (not [UNK]s)."""
-    from frugal.flower.frugal_fl.task import Spec, load_model
     from frugal.runtime import Tokenize
+    from ml.flower.frugal_fl.task import Spec, load_model
     from tasks.federated import write_spec
 
     shutil.copytree(baseline.model_dir, tmp_path / "base")  # a model folder in frugal's layout (tokenizer/ inside)
@@ -147,7 +147,7 @@ def test_clients_tokenize_exactly_as_the_pipeline_does(baseline: Built, tmp_path
 def test_the_server_keeps_the_adapters_of_its_best_round() -> None:
     import torch
 
-    from frugal.flower.frugal_fl.task import BestRound
+    from ml.flower.frugal_fl.task import BestRound
 
     best, states = BestRound(), {r: {"w": torch.full((2,), float(r))} for r in range(4)}
     for rnd, f1 in [(0, 0.9), (1, 0.3), (2, 0.5), (3, 0.5)]:  # round 0 is the untrained start; 3 only ties 2
@@ -173,11 +173,11 @@ def expected_payload(cfg: RunConfig) -> tuple[list[str], int]:
     """The keys and bytes of the adapter state a client may send: LoRA matrices and the classifier head only."""
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from tasks.finetune import _lora_config
-    from tasks.modeling import load_pretrained_with_notes
+    from ml.adapters import lora_config
+    from ml.modeling import load_pretrained_with_notes
 
     net, _ = load_pretrained_with_notes(cfg.model, cfg.data.labels, cfg.seed)
-    state = get_peft_model_state_dict(get_peft_model(net, _lora_config(cfg.finetune.adapter)))
+    state = get_peft_model_state_dict(get_peft_model(net, lora_config(cfg.finetune.adapter)))
     return sorted(state), sum(t.numel() * t.element_size() for t in state.values())
 
 

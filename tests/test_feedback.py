@@ -15,8 +15,8 @@ from helpers import shrink
 from frugal.config import RunConfig
 from frugal.errors import DataError
 from frugal.paths import ROOT, ProjectPaths
-from tasks.data import FROM_FEEDBACK, clean, load_source
-from tasks.feedback import load_feedback, merge
+from ml.data import FROM_FEEDBACK, clean, load_source
+from ml.feedback import load_feedback, merge
 
 LABELS = ["negative", "neutral", "positive"]
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
@@ -166,8 +166,9 @@ def test_export_of_a_project_that_never_served_writes_only_the_header(tmp_path: 
 def test_prepare_merges_the_store_and_the_splits_pass_validation(
     served: dict[str, str], tmp_path: Path, smoke_cfg: RunConfig, store: ProjectPaths, parent_run: str
 ) -> None:
-    from tasks.data import prepare, read_split
-    from tasks.tracking import mlflow_client
+    from ml.data import read_split
+    from tasks.plumbing.tracking import mlflow_client
+    from tasks.prepare import prepare
     from tasks.validate import validate
 
     cfg = shrink(smoke_cfg, data={"feedback": f"sqlite:///{tmp_path / 'serve.db'}"})
@@ -245,7 +246,7 @@ def runs(prefect_server: None, project: Path, base_rows: list[tuple[str, str]]):
 
 def client(project: Path):
     from frugal.config import load_config
-    from tasks import tracking
+    from tasks.plumbing import tracking
 
     return tracking.client(load_config("smoke"), ProjectPaths(project))
 

@@ -17,11 +17,11 @@ from conftest import LocalSplits as Splits
 from helpers import shrink
 
 from frugal.config import RunConfig
-from frugal.modelio import model_size_mb
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize, load_predictor
-from tasks.compress import get_method
-from tasks.compression import StepSettings, context
+from frugal.runtime.manifest import model_size_mb
+from ml.compress import get_method
+from tasks.compress import StepSettings, context
 
 pytestmark = pytest.mark.gpu
 
@@ -42,8 +42,8 @@ def first_linear(model: torch.nn.Module) -> torch.nn.Module:
 
 def train_on_cuda(precision: str, smoke_cfg: RunConfig, smoke_splits: Splits, tmp_path: Path) -> tuple[torch.nn.Module, object, list]:
     """The smoke model trained on CUDA in `precision`; (training?, dtype, device, autocast on?) of each first-Linear forward."""
-    from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
-    from tasks.training import train
+    from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
+    from ml.training import train
 
     cfg = shrink(smoke_cfg, finetune={"device": "cuda", "precision": precision}).finetune
     labels = smoke_cfg.data.labels
@@ -92,9 +92,9 @@ def test_fp16_training_on_cuda_scales_its_gradients(
 def test_a_model_finetuned_on_cuda_serves_on_cpu_with_the_same_predictions(
     smoke_cfg: RunConfig, smoke_splits: Splits, store: ProjectPaths
 ) -> None:
-    from tasks import store as model_store
-    from tasks import tracking
     from tasks.finetune import finetune
+    from tasks.plumbing import store as model_store
+    from tasks.plumbing import tracking
 
     cfg = shrink(smoke_cfg, finetune={"device": "cuda"})
     with tracking.parent_run(cfg, store, run_name="gpu-finetune") as run_id:
@@ -150,4 +150,4 @@ def test_nf4_stores_encoder_weights_in_4_bits_on_cuda_and_agrees_with_fp32(
 
     from tasks.package import requirements  # a 4-bit champion's bundle must pin the libraries that load it
 
-    assert any(r.startswith("bitsandbytes==") for r in requirements("hf-nf4"))
+    assert any(r.startswith("bitsandbytes==") for r in requirements(tmp_path / "nf4"))

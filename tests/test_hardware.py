@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from frugal.hardware import FEATURES, cpu_features, cpu_flags, cpu_name, read_cpuinfo, training_precision_unsupported
-from tasks.compress.half import unsupported
+from ml.compress.methods.half import unsupported
 
 # Two cores of a Sapphire Rapids box, trimmed: every core repeats the block.
 SAPPHIRE_RAPIDS = """\

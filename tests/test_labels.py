@@ -16,9 +16,10 @@ from labels_data import LABELS, flip, synthetic
 from frugal.config import RunConfig
 from frugal.errors import ConfigError, DataError
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.common import DataRef
-from tasks.noise import FLAGGED_ARTIFACT, NoiseRef, flagged_texts, label_noise, out_of_fold, treated, weighted_cross_entropy
+from ml.noise import out_of_fold, treated, weighted_cross_entropy
+from tasks.label_noise import FLAGGED_ARTIFACT, NoiseRef, flagged_texts, label_noise
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import DataRef
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,16 @@ from helpers import sample_texts
 
 from frugal.config import RunConfig, StepConfig
 from frugal.errors import SkipVariant
-from frugal.modelio import Manifest, count_params, load_torch, model_size_mb
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize, load_predictor
-from tasks import store as model_store
-from tasks.compress import TorchMethod, get_method
-from tasks.compression import StepSettings, build_variant, compress_step, context
-from tasks.tracking import mlflow_client
-from tasks.training import predict_logits
+from frugal.runtime.formats.torch import count_params, load_torch
+from frugal.runtime.manifest import Manifest, model_size_mb
+from ml.compress import TorchMethod, get_method
+from ml.compress.plan import chain
+from ml.training import predict_logits
+from tasks.compress import StepSettings, build_variant, compress_step, context
+from tasks.plumbing import store as model_store
+from tasks.plumbing.tracking import mlflow_client
 
 # Smoke-sized options: each method runs in seconds on the tiny model.
 TORCH_METHODS = {
@@ -118,7 +120,7 @@ def test_methods_the_cpu_cannot_run_are_skipped_with_a_reason(
     parent_run: str,
 ) -> None:
     step = StepConfig(method=method, **options)
-    result = build_variant("v", [step], baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
+    result = build_variant("v", chain("v", [step]), baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "skipped" and reason in result.reason
 
 
@@ -130,7 +132,8 @@ def test_a_chain_logs_each_step_and_its_lineage(
         StepConfig(method="prune", recovery_epochs=0),
         StepConfig(method="onnx_int8"),
     ]
-    result = build_variant("chain", steps, baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
+    result = build_variant("chain", chain("chain", steps),
+                           baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "ok", result.reason
     mlc = mlflow_client()
     assert result.steps[0] == baseline.run_id and len(result.steps) == 4
@@ -154,7 +157,7 @@ def test_transfer_rows_hide_their_labels_and_still_teach(
 ) -> None:
     from helpers import shrink
 
-    from tasks.compress._common import labelled_train, with_transfer_rows
+    from ml.compress.common import labelled_train, with_transfer_rows
 
     ctx = context(StepSettings.of(shrink(smoke_cfg, finetune={"max_rows": 200})), smoke_splits.dir, store)
     labelled = labelled_train(ctx)

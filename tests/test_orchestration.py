@@ -24,7 +24,7 @@ def first_run(prefect_server: None, project: Path):
 
 
 def store(project: Path) -> MlflowClient:
-    from tasks.tracking import ensure_schema
+    from tasks.plumbing.tracking import ensure_schema
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     ensure_schema(uri)  # waits while a pipeline process creates the schema

@@ -9,16 +9,17 @@ from conftest import Built, LocalSplits
 
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.common import Scores, Variant
-from tasks.package import ALIAS, Bundle, Incumbent, Rule, decide, package, register
+from tasks.package import Bundle, package
+from tasks.plumbing import tracking
+from tasks.plumbing.refs import Scores, Variant
+from tasks.register import ALIAS, Incumbent, Rule, decide, register
 from tasks.select import Selection
 
 
 @pytest.fixture
 def selection(baseline: Built, smoke_splits: LocalSplits, smoke_cfg: RunConfig) -> Selection:
     from frugal.runtime import load_predictor
-    from tasks.evaluate import quality
+    from ml.quality import quality
 
     test = pd.read_parquet(smoke_splits.path("test"))
     predicted = load_predictor(baseline.model_dir).predict(list(test["text"]))

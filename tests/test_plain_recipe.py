@@ -9,11 +9,11 @@ from conftest import Built, LocalSplits
 from helpers import sample_texts
 
 from frugal.config import RunConfig
-from frugal.modelio import Manifest
 from frugal.paths import ProjectPaths
 from frugal.runtime import load_predictor
-from tasks.compress import get_method
-from tasks.compression import StepSettings, context
+from frugal.runtime.manifest import Manifest
+from ml.compress import get_method
+from tasks.compress import StepSettings, context
 
 MIN_AGREEMENT = 0.9  # int8 rounding may flip a few near-tie labels of the tiny model, not most
 
@@ -46,9 +46,9 @@ def test_onnx_int8_keeps_whichever_graph_is_faster_here(
     """The race's figures decide (set here, since which graph is faster depends on the CPU); the kept file is that graph."""
     import onnx
 
-    from tasks.compress import onnx_plain
+    from ml.compress.methods import onnx_int8
 
-    monkeypatch.setattr(onnx_plain, "race", lambda folders, texts, threads: timings)
+    monkeypatch.setattr(onnx_int8, "race", lambda folders, texts, threads: timings)
     ctx = context(StepSettings.of(smoke_cfg), smoke_splits.dir, store)
     report = get_method("onnx_int8").from_config({"timing_texts": 32}).apply(baseline.model_dir, tmp_path / "int8", ctx)
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
@@ -58,9 +58,25 @@ def test_onnx_int8_keeps_whichever_graph_is_faster_here(
     assert report.metrics["agreement_with_source"] >= MIN_AGREEMENT
 
 
-def test_race_times_every_candidate(baseline: Built, smoke_splits: LocalSplits) -> None:
-    from tasks.compress.onnx_plain import race
+def test_race_times_every_candidate_in_order(baseline: Built, smoke_splits: LocalSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two candidates that take a known time per pass (the model's own predictor, slowed by a sleep): the race reports
+    each one's texts/s, in the order given; a race that swapped, mixed or mis-timed them fails."""
+    import time
+
+    from frugal.runtime import load_predictor
+    from ml.compress import onnx
 
     texts = sample_texts(smoke_splits)
-    speeds = race([baseline.model_dir, baseline.model_dir], texts, threads=1, passes=2)
-    assert len(speeds) == 2 and min(speeds) > 0
+    delays = {"fast": 0.05, "slow": 0.2}
+
+    def slowed(folder: Path, threads: int | None = None):  # noqa: ANN202
+        predictor, delay = load_predictor(baseline.model_dir, threads=threads), delays[Path(folder).name]
+        real = predictor.predict_proba
+        predictor.predict_proba = lambda batch, *a, **k: (time.sleep(delay if len(batch) == len(texts) else 0), real(batch, *a, **k))[1]
+        return predictor
+
+    monkeypatch.setattr(onnx, "load_predictor", slowed)
+    fast, slow = onnx.race([Path("fast"), Path("slow")], texts, threads=1, passes=3)
+    assert len(texts) / (delays["fast"] + 1.0) < fast < len(texts) / delays["fast"]  # at most the sleep, plus at most 1 s of model
+    assert len(texts) / (delays["slow"] + 1.0) < slow < len(texts) / delays["slow"]
+    assert fast > slow

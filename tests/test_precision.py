@@ -14,14 +14,15 @@ from helpers import shrink
 from frugal.config import RunConfig, StepConfig
 from frugal.errors import ConfigError
 from frugal.hardware import training_precision_unsupported
-from frugal.modelio import load_torch
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize, load_predictor
-from tasks import store as model_store
-from tasks import tracking
-from tasks.compression import build_variant, compress_step
-from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
-from tasks.training import train
+from frugal.runtime.formats.torch import load_torch
+from ml.compress.plan import chain
+from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
+from ml.training import train
+from tasks.compress import build_variant, compress_step
+from tasks.plumbing import store as model_store
+from tasks.plumbing import tracking
 
 SKYLAKE = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8175M CPU @ 2.50GHz\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n"
 # Measured on the 2-core AMD EPYC (avx512_bf16) this was written on, smoke model and data, 6 epochs on CPU: best val
@@ -122,7 +123,8 @@ def test_a_training_method_in_a_precision_the_hardware_lacks_is_skipped_before_i
     cfg = shrink(smoke_cfg, finetune={"device": "cpu"})
     runs_before = run_names(store, cfg)
     steps = [StepConfig(method="prune", recovery_epochs=1, importance_batches=2, precision="fp16")]
-    result = build_variant("prune-fp16", steps, baseline.ref, smoke_splits.ref, cfg, store, parent_run, run_step=compress_step.fn)
+    result = build_variant("prune-fp16", chain("prune-fp16", steps),
+                           baseline.ref, smoke_splits.ref, cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "skipped" and result.model is None
     assert "training precision fp16" in result.reason and "CUDA only" in result.reason
     assert [r for r in run_names(store, cfg) if r not in runs_before] == []  # no step run left FAILED or RUNNING
@@ -134,7 +136,8 @@ def test_a_training_method_trains_in_its_own_precision(baseline: Built, smoke_sp
     needs_cpu_bf16()
     cfg = shrink(smoke_cfg, finetune={"device": "cpu"})  # the baseline trained in fp32; the distilled student in bf16
     steps = [StepConfig(method="distill", layers=1, epochs=1, precision="bf16")]
-    result = build_variant("distill-bf16", steps, baseline.ref, smoke_splits.ref, cfg, store, parent_run, run_step=compress_step.fn)
+    result = build_variant("distill-bf16", chain("distill-bf16", steps),
+                           baseline.ref, smoke_splits.ref, cfg, store, parent_run, run_step=compress_step.fn)
     assert result.status == "ok", result.reason
     run = tracking.client(cfg, store).get_run(result.model.run_id)
     assert run.data.params["precision"] == "bf16" and run.data.params["option.precision"] == "bf16"

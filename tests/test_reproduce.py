@@ -25,7 +25,7 @@ def original(prefect_server: None, project: Path) -> str:
 
 
 def client(project: Path):
-    from tasks import tracking
+    from tasks.plumbing import tracking
 
     return tracking.store_client(ProjectPaths(project))
 
@@ -37,7 +37,7 @@ def parent_runs(project: Path) -> list:
 
 
 def variant_metrics(project: Path, run_id: str) -> dict[str, dict[str, float]]:
-    from tasks.reproduce import variant_metrics
+    from tasks.reports.reproduce import variant_metrics
 
     mlc = client(project)
     return variant_metrics(mlc, mlc.get_run(run_id))
@@ -97,7 +97,7 @@ def test_a_version_in_neither_cache_nor_remote_is_named(original: str, project: 
 
 
 def test_restore_pulls_from_the_remote_when_the_cache_is_gone(original: str, project: Path, tmp_path: Path) -> None:
-    from tasks.versioning import restore
+    from tasks.version import restore
 
     md5 = client(project).get_run(original).data.tags["data_hash"]
     paths = ProjectPaths(project)

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from conftest import Built, LocalSplits
 
-from frugal.measure import measure, spread
-from frugal.modelio import TOKENIZER_DIR
 from frugal.runtime import Tokenize, length_ordered, load_predictor
-from tasks.modeling import embedded_model_path
+from frugal.runtime.manifest import TOKENIZER_DIR
+from frugal.runtime.measure import measure, spread
+from ml.modeling import embedded_model_path
 
 # Padding changes only which zeros are masked: logits of a text agree to float rounding across batchings.
 PROBA_TOLERANCE = 1e-5

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.common import Scores, Variant
 from tasks.evaluate import relative
+from tasks.plumbing.refs import Scores, Variant
 from tasks.select import choose, pareto_front, table
 
 

@@ -387,12 +387,18 @@ def test_a_bundle_folder_carries_its_measured_figures(server: Server, project: P
 
 def test_the_bundle_carries_only_the_leaf_runtime_and_serves_from_it(server: Server, project: Path, tmp_path: Path) -> None:
     """The registered bundle loads and predicts in a fresh process with only its own code/ for `frugal`."""
-    from tasks.package import SERVING_CODE
+    from frugal.runtime.registry import formats_of
 
     client = registry(project)
     version = client.get_model_version_by_alias(NAME, "champion").version
     bundle = Path(client.get_model_version_download_uri(NAME, version).removeprefix("file://"))
-    assert sorted(p.name for p in (bundle / "code" / "frugal").iterdir()) == sorted(SERVING_CODE)
+    code = bundle / "code" / "frugal"
+    carried = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    # What the format registry says serving this champion needs, and nothing else: no other format's module, no ml/ or tasks/.
+    needed = {f"runtime/formats/{fmt.module.rsplit('.', 1)[1]}.py" for fmt in formats_of(bundle / "artifacts" / "model")}
+    assert {p for p in carried if p.startswith("runtime/formats/") and not p.endswith("__init__.py")} == needed
+    assert carried == {"__init__.py", "bundle/__init__.py", "bundle/pyfunc.py", "bundle/serve_model.py", "runtime/__init__.py",
+                       "runtime/manifest.py", "runtime/predictor.py", "runtime/registry.py", "runtime/formats/__init__.py", *needed}
     script = textwrap.dedent(f"""
         import json, sys
         # Only the bundle's code may provide frugal: drop the editable install's finder of the repo's package.

@@ -19,16 +19,17 @@ from helpers import shrink
 
 from frugal.config import RunConfig
 from frugal.errors import ConfigError
-from frugal.modelio import Manifest, count_params, load_torch, save_hf
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize, load_predictor
-from tasks import store as model_store
-from tasks import tracking
-from tasks.compress import get_method
-from tasks.compress.student import PROJECTION, layer_pairs
-from tasks.compression import StepSettings, context
-from tasks.modeling import embedded_model_path
-from tasks.training import predict_logits
+from frugal.runtime.formats.torch import count_params, load_torch, save_hf
+from frugal.runtime.manifest import Manifest
+from ml.compress import get_method
+from ml.compress.methods.student import PROJECTION, layer_pairs
+from ml.modeling import embedded_model_path
+from ml.training import predict_logits
+from tasks.compress import StepSettings, context
+from tasks.plumbing import store as model_store
+from tasks.plumbing import tracking
 
 ADAPTER = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "quantize_4bit": False}
 STUDENT_VOCAB = 800
@@ -173,7 +174,7 @@ def test_student_with_its_own_tokenizer_learns_from_the_decoder_teacher(
 
     # Learned from the teacher: closer to its predictions than the same student untrained (measured: agreement 0.725 vs
     # 0.525, KL 0.10 vs 0.20 on these 120 texts).
-    from tasks.modeling import load_pretrained
+    from ml.modeling import load_pretrained
 
     fresh = load_pretrained(method.student_config(ctx), ctx.labels, ctx.seed)
     untrained = softmax(predict_logits(fresh, served.tokenize, texts, "cpu"))
@@ -213,7 +214,7 @@ def test_hidden_transfer_crosses_tokenizers_and_attention_needs_the_same_kind(
 
 def _bert_teacher(ctx, folder: Path) -> Path:
     """An untrained tiny BERT classifier as a teacher folder: enough to check which transfers run."""
-    from tasks.modeling import load_pretrained, load_tokenizer, save_tokenizer
+    from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
 
     model = load_pretrained(ctx.model, ctx.labels, seed=1)
     save_hf(model, folder, Manifest(format="hf", labels=ctx.labels, max_length=ctx.model.max_length, params=count_params(model)))

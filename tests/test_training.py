@@ -12,12 +12,13 @@ from conftest import LocalSplits as Splits
 from helpers import shrink
 
 from frugal.config import RunConfig
-from frugal.modelio import Manifest, count_params
 from frugal.paths import ProjectPaths
 from frugal.runtime import Tokenize
-from tasks import tracking
-from tasks.modeling import load_pretrained
-from tasks.training import _epoch_batches, predict_logits, train
+from frugal.runtime.formats.torch import count_params
+from frugal.runtime.manifest import Manifest
+from ml.modeling import load_pretrained
+from ml.training import _epoch_batches, predict_logits, train
+from tasks.plumbing import tracking
 
 
 def store_client(smoke_cfg: RunConfig, store: ProjectPaths):  # noqa: ANN201
@@ -158,9 +159,9 @@ def test_saved_model_reloads_with_the_predictions_it_had_in_memory(tmp_path: Pat
     """What is saved is the model as trained (its best weights and head), not a re-initialised or stale copy."""
     from helpers import sample_texts
 
-    from frugal.modelio import save_hf
     from frugal.runtime import load_predictor
-    from tasks.modeling import load_tokenizer, save_tokenizer
+    from frugal.runtime.formats.torch import save_hf
+    from ml.modeling import load_tokenizer, save_tokenizer
 
     cfg = shrink(smoke_cfg, finetune={"epochs": 1}).finetune
     labels, out = smoke_cfg.data.labels, tmp_path / "model"

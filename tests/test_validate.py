@@ -11,8 +11,9 @@ from helpers import shrink
 from frugal.config import RunConfig
 from frugal.errors import ValidationFailed
 from frugal.paths import ProjectPaths
-from tasks.data import Staged, write_splits
-from tasks.tracking import mlflow_client
+from ml.data import write_splits
+from tasks.plumbing.tracking import mlflow_client
+from tasks.prepare import Staged
 from tasks.validate import validate
 
 

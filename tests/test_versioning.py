@@ -11,9 +11,9 @@ from helpers import shrink
 from frugal.config import RunConfig
 from frugal.errors import DataError
 from frugal.paths import ProjectPaths
-from tasks import tracking
-from tasks.data import Staged
-from tasks.versioning import commit, dvc_hash, version_data, version_folder
+from tasks.plumbing import tracking
+from tasks.prepare import Staged
+from tasks.version import commit, dvc_hash, version_data, version_folder
 
 
 def staged_copy(splits: LocalSplits, where: Path) -> Path:
@@ -54,7 +54,7 @@ def test_committed_data_dvc_is_reproduced_by_the_default_config(tmp_path: Path) 
     """data.dvc in the repo pins the default data version: preparing it again gives the same hash."""
     from frugal.config import load_config
     from frugal.paths import ROOT
-    from tasks.data import clean, load_source, split, write_splits
+    from ml.data import clean, load_source, split, write_splits
 
     cfg = load_config("default")
     frame, _ = clean(load_source(cfg.data, ROOT), cfg.data)
@@ -112,7 +112,7 @@ def test_an_unreachable_remote_stops_the_run_before_training_and_keeps_the_pin(p
 
 
 def test_a_changed_file_fails_verification(pinned: ProjectPaths, smoke_cfg) -> None:
-    from tasks.versioning import open_repo, verify
+    from tasks.version import open_repo, verify
 
     md5 = dvc_hash(pinned.root / "data.dvc")
     folder = version_folder(md5, pinned)
@@ -125,7 +125,7 @@ def test_a_changed_file_fails_verification(pinned: ProjectPaths, smoke_cfg) -> N
 
 def test_active_learning_reads_the_recorded_version_the_config_names(pinned: ProjectPaths, smoke_splits, parent_run, smoke_cfg) -> None:
     """`data.version` (what `frugal reproduce` sets) decides the pool and test split, not a fresh preparation of the source."""
-    from tasks.active import pool_and_test
+    from tasks.active_study import pool_and_test
 
     ref = version_data.fn(stage_splits(smoke_splits, pinned, "second", keep=40), smoke_cfg, pinned, parent_run)
     active = {**smoke_cfg.annotation.active.model_dump(), "pool_rows": None}

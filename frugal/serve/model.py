@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from frugal.modelio import TOKENIZER_DIR
 from frugal.runtime import Predictor, load_predictor
+from frugal.runtime.manifest import TOKENIZER_DIR
 from frugal.serve.source import Release, Source
 
 log = logging.getLogger(__name__)

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlparse
 
+from frugal import bundle
 from frugal.errors import ConfigError
-from frugal.fetch import fetch_once
-from frugal.modelio import MANIFEST
+from frugal.fetch import fetch_once, in_place
+from frugal.paths import tracking_uri
+from frugal.runtime.manifest import MANIFEST
 from frugal.serve.settings import ServeSettings
 
-# Where a pyfunc bundle (tasks/package.py) keeps the model folder; the same constant as tasks/store.py
-# BUNDLE_MODEL, repeated because frugal/ never imports tasks/.
-BUNDLE_MODEL = "artifacts/model"
 FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s")
 
 
@@ -47,14 +44,10 @@ class Source(Protocol):
         """That version's model folder on this machine, and its figures."""
 
 
-def tracking_uri(settings: ServeSettings, project_root: Path) -> str:
-    """serve.yaml's tracking_uri, else MLFLOW_TRACKING_URI, else the project's SQLite store (as `frugal run` writes it)."""
-    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root / 'mlflow.db'}"
-
-
 def source_for(settings: ServeSettings, project_root: Path) -> Source:
     if settings.model.startswith("models:/"):
-        return RegistrySource(settings.model, tracking_uri(settings, project_root), project_root / ".frugal" / "cache" / "registry")
+        tracking = tracking_uri(settings.tracking_uri, project_root)  # the pipeline's rule: the same store `frugal run` wrote
+        return RegistrySource(settings.model, tracking, project_root / ".frugal" / "cache" / "registry")
     return FolderSource(Path(settings.model).expanduser().resolve())
 
 
@@ -82,22 +75,22 @@ class RegistrySource:
 
     def fetch(self, version: str) -> Release:
         found = self.client.get_model_version(self.name, version)
-        bundle = self._local(self.client.get_model_version_download_uri(self.name, version), version)
-        model_dir = bundle / BUNDLE_MODEL if (bundle / BUNDLE_MODEL).is_dir() else bundle
+        folder = self._local(self.client.get_model_version_download_uri(self.name, version), version)
+        model_dir = bundle.model_dir(folder)
         tags = found.tags or {}
         return Release(str(version), f"models:/{self.name}/{version}", model_dir, tags.get("variant"), self._figures(tags))
 
     def _local(self, artifact_uri: str, version: str) -> Path:
         """The bundle in place when the artifact store is a local folder, else downloaded once into the project's cache."""
-        parsed = urlparse(artifact_uri)
-        if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
-            return Path(unquote(parsed.path))
+        found = in_place(artifact_uri)
+        if found is not None and found.is_dir():
+            return found
         import mlflow.artifacts
 
         def download(tmp: Path) -> Path:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp), tracking_uri=self.tracking))
 
-        # The layout tasks/store.py uses: measurement and serving share the cache.
+        # The layout tasks/plumbing/store.py uses: measurement and serving share the cache.
         return fetch_once(self.cache / self.name / version, self.cache, download)
 
     def _figures(self, tags: dict[str, str]) -> dict[str, float | None]:
@@ -114,7 +107,7 @@ class FolderSource:
 
     def __init__(self, folder: Path) -> None:
         self.uri = str(folder)
-        self.model_dir = folder / BUNDLE_MODEL if (folder / BUNDLE_MODEL).is_dir() else folder
+        self.model_dir = bundle.model_dir(folder)
         if not (self.model_dir / MANIFEST).is_file():
             raise ConfigError(f"model={folder} is neither a registry URI nor a bundle or model folder (no {MANIFEST} found).",
                               "Set model to models:/NAME@ALIAS, or to a folder that `frugal run` packaged.")  # fmt: skip
@@ -128,7 +121,7 @@ class FolderSource:
 
     def fetch(self, version: str) -> Release:
         """A bundle carries the figures evaluation measured (serving.json, written by the package step); a bare model folder none."""
-        recorded = Path(self.uri) / "serving.json"
+        recorded = Path(self.uri) / bundle.FIGURES
         if not recorded.is_file():
             return Release(version, self.uri, self.model_dir, figures=dict.fromkeys(FIGURES))
         data = json.loads(recorded.read_text())

@@ -1,0 +1,111 @@
+"""The pipeline's commands behind `frugal` (frugal/cli.py parses the arguments and calls these).
+
+They live here, in the top layer, because they run flows and read MLflow; the CLI itself stays in
+the base, so `frugal serve`, `frugal keys` and `--help` start without Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+import yaml
+
+from flows.active import active_learning as study
+from flows.deploy import deploy as register_deployments
+from flows.deploy import start_worker
+from flows.pipeline import run as run_pipeline
+from flows.reproduce import reproduce as rerun
+from frugal.accounts.store import open_accounts
+from frugal.paths import ProjectPaths
+from ml import feedback
+from tasks.plumbing import config, tracking
+from tasks.plumbing.lifecycle import close_stale_runs
+from tasks.reports import compare as compare_report
+from tasks.reports.reproduce import write_summary
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.record_data:
+        args.overrides = [*args.overrides, "data.record_version=true"]
+    config.load_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))  # fail fast
+    if args.fresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    # Ctrl-C must stop a run even when the shell started it with SIGINT ignored (a background job):
+    # the KeyboardInterrupt closes every open MLflow run as KILLED on its way out.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    result = run_pipeline(config=args.config, overrides=args.overrides, project_dir=args.project_dir, until=args.until)
+    print(f"\nMLflow parent run {result.run_id} (data {result.data_hash})\n")
+    if args.metrics_file:
+        write_summary(result.run_id, args.metrics_file)
+    if result.selection is None or result.registration is None:
+        print(f"Stopped after {result.stopped_after}, as asked.")
+        return 0
+    print(result.selection.table_md)
+    print(f"Champion: {result.selection.champion.variant}. Registry: {result.registration.reason}")
+    uri = tracking.mlflow_client().tracking_uri
+    see = f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)" if uri.startswith("sqlite:") else uri
+    print(f"See it side by side: {see}")
+    return 0
+
+
+def show_config(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config, args.overrides)  # the schema and the compression plan, as a run checks them
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    return 0 if rerun(args.run_id, args.project_dir) else 1
+
+
+def active_learning(args: argparse.Namespace) -> int:
+    result = study(config=args.config, overrides=args.overrides, project_dir=args.project_dir)
+    print(f"\nMLflow run {result.run_id} (plot: active_learning/learning_curve.png)\n\n{result.table_md}")
+    return 0
+
+
+def doctor(args: argparse.Namespace) -> int:
+    cfg, paths = config.load(args.config, args.overrides), ProjectPaths.resolve(args.project_dir)
+    mlc = tracking.client(cfg, paths)
+    experiments = [e.experiment_id for e in mlc.search_experiments()]
+    closed = [run_id for exp in experiments for run_id in close_stale_runs(mlc, exp)]
+    live = [r for exp in experiments for r in mlc.search_runs([exp], "attributes.status = 'RUNNING'")]
+    print(f"Closed {len(closed)} abandoned run(s) as FAILED{': ' + ', '.join(closed) if closed else ''}.")
+    for found in live:
+        print(f"Still running: {found.info.run_id} ({found.info.run_name}), owned by pid {found.data.tags.get('frugal.pid', '?')}")
+    return 0
+
+
+def deploy(args: argparse.Namespace) -> int:
+    for line in register_deployments(args.config, args.overrides, args.project_dir):
+        print(line)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    return start_worker(args.pool)
+
+
+def compare(args: argparse.Namespace) -> int:
+    filters = [compare_report.parse_filter(e) for e in args.where]  # a typo fails before MLflow loads
+    order = compare_report.parse_sort(args.sort)
+    cfg, paths = config.load(args.config, args.overrides), ProjectPaths.resolve(args.project_dir)
+    rows = compare_report.select(compare_report.collect(tracking.client(cfg, paths), args.targets), filters, order)
+    print(compare_report.render_text(rows))
+    for path in compare_report.write_reports(rows, Path(args.out) if args.out else paths.work / "reports"):
+        print(f"Wrote {path}")
+    return 0
+
+
+def feedback_export(args: argparse.Namespace) -> int:
+    store = open_accounts(args.serve_config, args.project_dir)  # migrated: a project that never served has "no feedback"
+    try:
+        frame = feedback.rows_frame(store.feedback_rows())
+    finally:
+        store.close()
+    feedback.write(frame, Path(args.out))
+    print(f"Wrote {len(frame)} feedback row(s) from {feedback.shown(str(store.url))} to {args.out}")
+    return 0

@@ -1,0 +1,188 @@
+"""Structured pruning: remove whole attention heads and feed-forward neurons, then recover with a short fine-tune.
+
+Importance is first-order Taylor (|weight x gradient| summed over a head's or a neuron's
+weights, on training batches). The pruned Linear layers really shrink, so the saved model
+is smaller and faster on dense kernels; the loader sizes each layer from its saved tensor.
+Every encoder family in tasks/compress/_families.py (BERT, DistilBERT, RoBERTa, DeBERTa-v2,
+ELECTRA, ModernBERT): the family says which Linears hold heads and neurons.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from pydantic import Field
+
+from frugal.runtime import Tokenize
+from frugal.runtime.formats.torch import count_params, load_torch
+from ml.compress.base import CompressContext, StepReport, TorchMethod, register
+from ml.compress.common import TrainingOptions, labelled_train, train_config, train_with_teacher, training_report
+from ml.families import Family, Proj, family_of
+
+if TYPE_CHECKING:
+    import torch
+
+
+class PruneOptions(TrainingOptions):
+    heads_fraction: float = Field(0.5, ge=0, lt=1, description="Share of attention heads removed in every layer.")
+    ffn_fraction: float = Field(0.5, ge=0, lt=1, description="Share of feed-forward neurons removed in every layer.")
+    importance_batches: int = Field(16, ge=1, description="Training batches the importance scores are summed over.")
+    recovery_epochs: float = Field(1.0, ge=0, description="Epochs of recovery fine-tuning after pruning (0 = none).")
+    learning_rate: float | None = Field(None, gt=0, description="Recovery learning rate; null = the fine-tuning rate.")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the unpruned model's soft targets in recovery.")
+    transfer_rows: int = Field(
+        0, ge=0, description="Extra train rows, labels hidden, that the student learns on from the teacher's soft targets."
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
+
+    def trains(self) -> bool:
+        return self.recovery_epochs > 0  # no recovery: nothing trains, so no precision to lack
+
+
+def keep_rows(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """A Linear with only the output features `keep`."""
+    import torch
+
+    out = torch.nn.Linear(linear.in_features, len(keep), bias=linear.bias is not None)
+    out.weight.data = linear.weight.data[keep].clone()
+    if linear.bias is not None:
+        out.bias.data = linear.bias.data[keep].clone()
+    return out
+
+
+def keep_cols(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """A Linear reading only the input features `keep`."""
+    import torch
+
+    out = torch.nn.Linear(len(keep), linear.out_features, bias=linear.bias is not None)
+    out.weight.data = linear.weight.data[:, keep].clone()
+    if linear.bias is not None:
+        out.bias.data = linear.bias.data.clone()
+    return out
+
+
+def unit_rows(units: torch.Tensor, width: int, total: int, blocks: int) -> torch.Tensor:
+    """Feature indices of `units` (each `width` features) in every one of `blocks` stacked blocks of `total` units."""
+    import torch
+
+    within = torch.cat([torch.arange(u * width, (u + 1) * width) for u in units.tolist()])
+    return torch.cat([within + b * total * width for b in range(blocks)])
+
+
+def per_unit(values: torch.Tensor, width: int, blocks: int = 1) -> torch.Tensor:
+    """Sum a per-feature score over each unit's features in every block."""
+    return values.view(blocks, -1, width).sum(dim=(0, 2))
+
+
+def _taylor(linear: torch.nn.Linear, dim: int) -> torch.Tensor:
+    """|w x dL/dw| summed along `dim` (1: per output feature, 0: per input feature)."""
+    return (linear.weight * linear.weight.grad).abs().sum(dim).detach()
+
+
+def unit_scores(layer: torch.nn.Module, projs: tuple[Proj, ...], out_path: str, family: Family, width: int) -> torch.Tensor:
+    """One layer's Taylor score per unit: its rows in every projection plus its columns in the Linear reading it back."""
+    score = sum(per_unit(_taylor(linear, 1), width, proj.blocks) for proj, linear in family.projections(layer, projs))
+    return score + per_unit(_taylor(layer.get_submodule(out_path), 0), width)
+
+
+def taylor_scores(
+    model: torch.nn.Module, family: Family, tokenize: Tokenize, train_df: pd.DataFrame, labels: list[str], batches: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: (score of each head, score of each FFN neuron)."""
+    import torch
+
+    from ml.data import label_ids  # here, not at the top: config validation imports this package
+
+    d = family.head_dim(model)
+    model.eval()
+    row_labels = label_ids(train_df, labels)
+    sums: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for b in range(min(batches, math.ceil(len(train_df) / batch_size))):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        batch = {k: torch.from_numpy(v) for k, v in tokenize(list(train_df["text"][rows])).items()}
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(**batch).logits, torch.from_numpy(row_labels[rows])).backward()
+        scores = [
+            (unit_scores(layer, family.heads_in, family.heads_out, family, d), unit_scores(layer, family.ffn_in, family.ffn_out, family, 1))
+            for layer in family.layers(model)
+        ]
+        sums = scores if not sums else [(h0 + h1, f0 + f1) for (h0, f0), (h1, f1) in zip(sums, scores, strict=True)]
+    model.zero_grad()
+    return sums
+
+
+def _slice(
+    layer: torch.nn.Module, projs: list[tuple[Proj, torch.nn.Linear]], out_path: str, keep: torch.Tensor, width: int, total: int
+) -> None:
+    """Keep the units `keep` (of `total`, each `width` features): rows of the projections, columns of `out_path`."""
+    for proj, linear in projs:
+        layer.set_submodule(proj.path, keep_rows(linear, unit_rows(keep, width, total, proj.blocks)))
+    layer.set_submodule(out_path, keep_cols(layer.get_submodule(out_path), unit_rows(keep, width, total, 1)))
+
+
+def prune_heads(model: torch.nn.Module, family: Family, layer: torch.nn.Module, keep_heads: torch.Tensor) -> None:
+    d = family.head_dim(model)
+    total = family.heads(layer, d)
+    _slice(layer, family.projections(layer, family.heads_in), family.heads_out, keep_heads, d, total)
+    family.set_heads(model, layer, len(keep_heads), d)
+
+
+def prune_ffn(family: Family, layer: torch.nn.Module, keep: torch.Tensor) -> None:
+    _slice(layer, family.projections(layer, family.ffn_in), family.ffn_out, keep, 1, family.ffn_width(layer))
+
+
+def ffn_norms(family: Family, layer: torch.nn.Module) -> torch.Tensor:
+    """Each FFN neuron's squared weight norm over its rows in the input projection(s): a data-free importance."""
+    return sum(per_unit(linear.weight.detach().pow(2).sum(1), 1, proj.blocks) for proj, linear in family.projections(layer, family.ffn_in))
+
+
+def top(scores: torch.Tensor, fraction_removed: float | None = None, count: int | None = None) -> torch.Tensor:
+    """Indices of the highest scores (`count` of them, or all but `fraction_removed`, at least one), in their original order."""
+    keep = count if count is not None else max(1, round(len(scores) * (1 - (fraction_removed or 0.0))))
+    return scores.topk(max(1, keep)).indices.sort().values
+
+
+@register
+class Prune(TorchMethod):
+    name = "prune"
+    Options = PruneOptions
+    heavy = True
+
+    def build(self, src: Path, ctx: CompressContext):
+        opts: PruneOptions = self.options
+        manifest = self.source(src)
+        teacher = load_torch(src).float()
+        family = family_of(teacher, self.name)
+        model = copy.deepcopy(teacher)
+        train_df = labelled_train(ctx)
+        scores = taylor_scores(
+            model, family, Tokenize(src, manifest.max_length), train_df, ctx.labels, opts.importance_batches, ctx.train.batch_size
+        )
+        before = count_params(model)
+        notes = set()
+        for layer, (heads, neurons) in zip(family.layers(model), scores, strict=True):
+            wanted = max(1, round(len(heads) * (1 - opts.heads_fraction)))
+            kept = family.allowed_heads(model, wanted)
+            if kept != wanted:
+                notes.add(f"{family.name} keeps {kept} of {len(heads)} heads per layer, not {wanted}: {family.heads_constraint}.")
+            prune_heads(model, family, layer, top(heads, count=kept))
+            prune_ffn(family, layer, top(neurons, opts.ffn_fraction))
+        d = family.head_dim(model)
+        params = {"family": family.name, "heads_per_layer": [family.heads(layer, d) for layer in family.layers(model)],
+                  "ffn_per_layer": [family.ffn_width(layer) for layer in family.layers(model)]}  # fmt: skip
+        after = count_params(model)
+        report = StepReport(params=params)
+        if opts.recovery_epochs > 0:
+            cfg = train_config(ctx, epochs=opts.recovery_epochs, learning_rate=opts.learning_rate, precision=opts.precision)
+            result = train_with_teacher(
+                model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery", transfer_rows=opts.transfer_rows
+            )
+            report = training_report(result, after, **params)
+        model.eval()
+        report.metrics["params_removed_share"] = 1 - after / before
+        report.notes.extend(sorted(notes))
+        return model, manifest.derive(params=after, lineage=[*manifest.lineage, self.name]), report

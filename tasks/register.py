@@ -1,0 +1,170 @@
+"""register: promote the packaged champion in the Model Registry, unless the current champion is still as good and cheaper.
+
+The current champion is re-measured in this run (its cost is never a stale tag); the decision and the
+promotion happen under one lock (`promotion_lock`), so two runs finishing together promote at most once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from frugal.config import RunConfig
+from frugal.paths import ProjectPaths
+from ml.quality import quality
+from tasks.evaluate import measure_model
+from tasks.package import Bundle
+from tasks.plumbing import store, tracking
+from tasks.plumbing.refs import DataRef, Ref
+from tasks.plumbing.stage import stage
+from tasks.select import Selection
+
+log = logging.getLogger(__name__)
+ALIAS = "champion"
+PROMOTION_LIMIT = "frugal-promotion"
+
+
+class Registration(Ref):
+    version: str | None
+    promoted: bool
+    reason: str
+
+
+class Incumbent(Ref):
+    version: str
+    model_uri: str | None  # the variant model it was registered from
+    macro_f1: float
+    usd_per_1m: float
+
+
+def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, measure: Callable[..., Any]) -> Incumbent | None:
+    """The current champion, re-measured now, on this run's test split and hardware (its cost is never a stale tag)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = tracking.mlflow_client().get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return None
+    was = version.tags.get("model_uri")
+    try:
+        measured = measure(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+    except Exception as exc:  # a champion that no longer loads cannot defend its place
+        log.warning("The current champion v%s could not be re-measured (%s); it will be replaced", version.version, exc)
+        return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"))
+    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
+    f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
+    return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
+
+
+class Rule(NamedTuple):
+    baseline_f1: float  # this run's baseline macro-F1
+    tolerance: float  # select.tolerance
+    min_saving: float  # select.promote_min_saving
+
+    @property
+    def floor(self) -> float:
+        """This run's quality bar."""
+        return self.baseline_f1 - self.tolerance
+
+
+def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, rule: Rule) -> tuple[bool, str]:
+    """The champion/challenger rule (select.tolerance, select.promote_min_saving), on scores measured in this run.
+
+    A challenger more than `tolerance` below the champion's quality never wins on price. A
+    champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one that
+    meets it stays unless the challenger is at least `min_saving` cheaper.
+    """
+    if current is None:
+        return True, "no champion yet"
+    if current.model_uri == model_uri:
+        return False, f"kept v{current.version}: it is already this model"
+    seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run)"
+    if challenger["macro_f1"] < current.macro_f1 - rule.tolerance:
+        return False, f"kept {seen}: the challenger's macro-F1 {challenger['macro_f1']:.4f} is more than {rule.tolerance} below it"
+    if current.macro_f1 < rule.floor:
+        return True, f"challenger replaces {seen}: below this run's quality bar {rule.floor:.4f}"
+    if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - rule.min_saving):
+        return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {rule.min_saving:.0%} cheaper than {seen}"
+    return False, f"kept {seen}: meets the quality bar {rule.floor:.4f} and the challenger is not {rule.min_saving:.0%} cheaper"
+
+
+@stage(name="register")
+def register(
+    bundle: Bundle, selection: Selection, data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str,
+    measure: Callable[..., Any] | None = None,
+) -> Registration:  # fmt: skip
+    """Register the bundle and move `champion` to it, unless the current champion is still as good and cheaper.
+
+    The decision and the promotion happen under one lock (`promotion_lock`), so two runs
+    finishing together promote at most once.
+    """
+    import mlflow
+
+    name, new = cfg.registered_model_name, selection.champion.metrics
+    with promotion_lock(name, paths):
+        current = incumbent(name, data, cfg, paths, measure or measure_model)
+        rule = Rule(selection.baseline.metrics["macro_f1"], cfg.select.tolerance, cfg.select.promote_min_saving)
+        promote, why = decide(current, new, bundle.model_uri, rule)
+        scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
+        if current is not None:
+            scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}
+        tracking.log_metrics(parent_run, {k: v for k, v in scores.items() if abs(v) != float("inf")})
+        if not promote:
+            tracking.set_tags(parent_run, {"registry": why, "registry_decision": "kept"})
+            log.info("Registry: %s", why)
+            return Registration(version=None, promoted=False, reason=why)
+        tags = {
+            "variant": bundle.variant, "pipeline_run_id": parent_run, "variant_run_id": selection.champion.run_id,
+            "model_uri": bundle.model_uri, "data_hash": data.md5, "config_hash": cfg.digest(),
+            "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"],
+        }  # fmt: skip
+        version = mlflow.register_model(bundle.uri, name, tags={k: str(v) for k, v in tags.items()})
+        tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version.version)
+    reason = f"{name} v{version.version} ({bundle.variant}) is now @{ALIAS}: {why}"
+    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version.version})
+    log.info("Registry: %s", reason)
+    return Registration(version=str(version.version), promoted=True, reason=reason)
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str, paths: ProjectPaths) -> Iterator[None]:
+    """A file lock serialises the processes of this machine, which are all that can write a SQLite store.
+
+    A store other processes can reach (a tracking server) also takes the Prefect limit. Not for
+    SQLite: Prefect's temporary server never repossesses the slot of a holder that was killed,
+    so a SIGKILL during a promotion would block every later one.
+    """
+    from filelock import FileLock
+
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.work / f"promotion-{name}.lock")):
+        if urlparse(tracking.mlflow_client().tracking_uri).scheme in ("sqlite", "file", ""):
+            yield
+            return
+        from prefect.concurrency.sync import concurrency
+
+        ensure_promotion_limit()
+        # A server-side lease: a killed holder's slot comes back after lease_duration (server services run).
+        with concurrency(PROMOTION_LIMIT, occupy=1, lease_duration=300, timeout_seconds=1800):
+            yield
+
+
+def ensure_promotion_limit() -> None:
+    """Create the global concurrency limit (one slot) that serialises promotions; `frugal deploy` calls it too."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1))
+            except ObjectAlreadyExists:
+                pass

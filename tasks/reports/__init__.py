@@ -1,0 +1,1 @@
+"""What the CLI reads back from MLflow: `frugal compare` and `frugal reproduce`'s comparison."""
