@@ -2,7 +2,7 @@
 """The two commands for a fresh clone; needs only Python 3.11 or 3.12.
 
     python3 dev.py run     # the whole pipeline on the embedded default (extra arguments go to `frugal run`)
-    python3 dev.py test    # lint + the test suite, exactly what CI runs (extra arguments go to pytest)
+    python3 dev.py test    # lint, the layer contract and the test suite, exactly what CI runs (extra arguments go to pytest)
 
 Each first makes `.venv` from requirements/lock.txt, and makes it again when the lock changes.
 torch is installed first and pinned, so no resolver pulls CUDA wheels; set FRUGAL_TORCH_INDEX
@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
             sh(bin_path("frugal"), "run", *argv[1:])
         elif argv[0] == "test":
             sh(bin_path("ruff"), "check", ".")
+            sh(bin_path("lint-imports"), "--no-cache")  # the layers, the leaf runtime and zero import cycles (.importlinter)
             sh(bin_path("python"), "-m", "pytest", *argv[1:])
     except subprocess.CalledProcessError as exc:
         return exc.returncode

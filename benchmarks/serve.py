@@ -271,8 +271,8 @@ def main() -> int:
     import pandas as pd
 
     from frugal.accounts.store import Accounts
+    from frugal.config.serve import load_settings
     from frugal.errors import FrugalError
-    from frugal.serve.settings import load_settings
 
     try:
         targets, test_file, uri = find_targets(args.config, args.project_dir)

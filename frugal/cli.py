@@ -7,10 +7,17 @@ runs: `frugal serve` and `frugal --help` never load Prefect, MLflow or torch.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from pathlib import Path
 
+from frugal import flower_env
+from frugal.accounts.report import keys_table, usage_table
+from frugal.accounts.store import current_month, open_accounts
+from frugal.config.serve import load_settings
 from frugal.errors import FrugalError
+from frugal.paths import ProjectPaths
 
 
 def _config_args(cmd: argparse.ArgumentParser) -> None:
@@ -106,7 +113,7 @@ def _pipeline(name: str):  # -> Callable[[argparse.Namespace], int]
     """A command of flows/commands.py: the top layer, imported only by the command that runs it (Prefect, MLflow, torch)."""
 
     def command(args: argparse.Namespace) -> int:
-        from flows import commands
+        from flows import commands  # the top layer (Prefect, MLflow, torch): only the command that runs it loads it
 
         return getattr(commands, name)(args)
 
@@ -114,10 +121,6 @@ def _pipeline(name: str):  # -> Callable[[argparse.Namespace], int]
 
 
 def _federated_env(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from frugal import flower_env
-
     env = Path(args.path).resolve() if args.path else flower_env.env_dir()
     made = flower_env.ensure(env)
     print(f"Flower environment {'made' if made else 'already up to date'} at {env}")
@@ -127,9 +130,6 @@ def _federated_env(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from frugal.accounts.report import keys_table
-    from frugal.accounts.store import open_accounts
-
     store = open_accounts(args.serve_config, args.project_dir)
     if args.keys_command == "create":
         plaintext, key = store.create_key(args.name, args.plan)
@@ -143,9 +143,6 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from frugal.accounts.report import usage_table
-    from frugal.accounts.store import current_month, open_accounts
-
     store = open_accounts(args.serve_config, args.project_dir)
     month = args.month or current_month()
     print(usage_table(store.usage(month), month))
@@ -153,13 +150,9 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
+    import uvicorn  # the web stack: only `frugal serve` needs it
 
-    import uvicorn
-
-    from frugal.paths import ProjectPaths
-    from frugal.serve.app import create_app
-    from frugal.serve.settings import load_settings
+    from frugal.serve.app import create_app  # (FastAPI, Prometheus: the same)
 
     settings = load_settings(args.serve_config, args.overrides)
     app = create_app(settings, ProjectPaths.resolve(args.project_dir).root)

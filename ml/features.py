@@ -20,6 +20,9 @@ import numpy as np
 from frugal.config import ModelConfig
 from frugal.hashing import digest
 from frugal.paths import ProjectPaths
+from frugal.runtime import Tokenize, length_ordered
+from ml.modeling import load_pretrained_with_notes, load_tokenizer, mean_pool, save_tokenizer
+from ml.training import ensure_pad_token_id
 
 Features = Literal["embeddings", "tfidf"]
 BATCH = 64
@@ -54,10 +57,6 @@ def embed(texts: list[str], model: ModelConfig, threads: int, paths: ProjectPath
 
 def _embed(texts: list[str], model: ModelConfig, threads: int) -> np.ndarray:
     import torch
-
-    from frugal.runtime import Tokenize, length_ordered
-    from ml.modeling import load_pretrained_with_notes, load_tokenizer, mean_pool, save_tokenizer
-    from ml.training import ensure_pad_token_id
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

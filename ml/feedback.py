@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from frugal.accounts.store import Accounts
 from frugal.config import DataConfig
 from frugal.errors import DataError, FrugalError
 from ml.data import FROM_FEEDBACK, label_str, normalise_text
@@ -129,8 +130,6 @@ def read_database(source: str, root: Path) -> pd.DataFrame:
     url = database_url(source, root)
     store = None
     try:
-        from frugal.accounts.store import Accounts
-
         store = Accounts(url, {})  # no plans: reading feedback prices nothing
         rows = store.feedback_rows()
     except Exception as exc:  # drivers raise many types; all mean "cannot read feedback here"

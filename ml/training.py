@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from frugal.config import TrainConfig
-from frugal.errors import ConfigError
+from frugal.errors import ConfigError, ModelError
 from frugal.hardware import PRECISION_DTYPES, training_precision_unsupported
 from frugal.runtime import Tokenize
 from ml import checkpoints
 from ml.checkpoints import TrainState
+from ml.data import label_ids
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +76,6 @@ def ensure_pad_token_id(config: Any, tokenizer: Any) -> None:
         return
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        from frugal.errors import ModelError
-
         raise ModelError(
             "The model has no pad token id and its tokenizer has neither a pad nor an end-of-sequence token.",
             "Use a tokenizer with a pad or eos token, or set pad_token_id in the model's config.json.",
@@ -163,8 +162,6 @@ def train(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from ml.data import label_ids  # here: config validation imports this module, and tasks.data imports MLflow
 
     check_precision(cfg)
     torch.set_num_threads(cfg.threads)

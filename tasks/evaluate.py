@@ -1,6 +1,6 @@
 """evaluate: every variant, the baseline included, on the test split, on this machine, the same way.
 
-Quality and cost come from one measuring process per variant (frugal/runtime/measure.py), run one
+Quality and cost come from one measuring process per variant (frugal/measure.py), run one
 after another so no two variants compete for the CPU.
 """
 
@@ -27,8 +27,8 @@ from tasks.plumbing.refs import DataRef, Ref, Scores, Variant
 from tasks.plumbing.stage import stage
 
 log = logging.getLogger(__name__)
-# The measuring process runs frugal.runtime.measure (a subprocess, not an import): its code is this stage's too.
-CODE_DEPS = ("frugal.runtime.measure",)
+# The measuring process runs frugal.measure (a subprocess, not an import): its code is this stage's too.
+CODE_DEPS = ("frugal.measure",)
 
 
 def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) -> dict:
@@ -48,7 +48,7 @@ def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) ->
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "frugal.runtime.measure", str(out)], input=json.dumps(request), env=env, capture_output=True, text=True
+            [sys.executable, "-m", "frugal.measure", str(out)], input=json.dumps(request), env=env, capture_output=True, text=True
         )
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"measuring {model_dir} failed:\n{proc.stderr[-3000:]}")

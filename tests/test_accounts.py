@@ -24,7 +24,7 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from frugal.accounts.models import VERSION_TABLE, Base
 from frugal.accounts.store import Accounts, AccountsError
-from frugal.serve.settings import Plan, load_settings
+from frugal.config.serve import Plan, load_settings
 
 PLANS = {
     "small": Plan(requests_per_minute=5, texts_per_month=100, usd_per_1k_texts=2.0),

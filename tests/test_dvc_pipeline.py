@@ -41,7 +41,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs() -> None:
     assert (ROOT / "dvc.yaml").read_text() == dvc_sync().dvc_yaml()
     deps = {name: set(stage["deps"]) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
     assert {"frugal/runtime/predictor.py", "frugal/runtime/manifest.py", "frugal/runtime/formats/cascade.py",
-            "frugal/runtime/measure.py"} <= deps["evaluate"]  # fmt: skip
+            "frugal/measure.py"} <= deps["evaluate"]  # fmt: skip
     assert "ml/compress/onnx.py" in deps["compress"] and "ml/compress/onnx.py" not in deps["finetune"]
     assert {p.as_posix() for p in files(["tasks.finetune"])} <= deps["finetune"]
 

@@ -106,7 +106,7 @@ def base_rows(smoke_cfg: RunConfig) -> list[tuple[str, str]]:
 def seed_store(project: Path, base_rows: list[tuple[str, str]]) -> dict[str, str]:
     """Feedback in <project>/serve.db (the default database), by request id and by text; returns text -> label after the merge."""
     from frugal.accounts.store import Accounts
-    from frugal.serve.settings import load_settings
+    from frugal.config.serve import load_settings
 
     store = Accounts(f"sqlite:///{project / 'serve.db'}", load_settings("serve").plans)
     store.migrate()

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import Built, LocalSplits
 
+from frugal.measure import measure, spread
 from frugal.runtime import Tokenize, length_ordered, load_predictor
 from frugal.runtime.manifest import TOKENIZER_DIR
-from frugal.runtime.measure import measure, spread
 from ml.modeling import embedded_model_path
 
 # Padding changes only which zeros are masked: logits of a text agree to float rounding across batchings.

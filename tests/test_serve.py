@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from frugal.accounts.store import Accounts, current_month
-from frugal.serve.settings import load_settings
+from frugal.config.serve import load_settings
 
 pytestmark = pytest.mark.slow
 

@@ -14,69 +14,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("frugal", "ml", "tasks", "flows")  # the project's importable top-level packages
+sys.path.insert(0, str(ROOT))
+
+from frugal.codegraph import PACKAGES, imports, modules  # noqa: E402  (the same reading of the source as the cache keys)
+
 LONG_FILE = 300
-
-
-def modules(root: Path) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file of the project's packages."""
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
-
-
-def _resolve(name: str, known: dict[str, Path]) -> str | None:
-    """The project module an imported name lives in (the longest known prefix), or None when it is not the project's."""
-    while name:
-        if name in known:
-            return name
-        name = name.rpartition(".")[0]
-    return None
-
-
-def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, bool, int]]:
-    """(imported project module, inside a function body?, line) for each import statement of the file."""
-    tree = ast.parse(path.read_text())
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out: list[tuple[str, bool, int]] = []
-
-    def visit(node: ast.AST, in_function: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
-            if isinstance(child, ast.Import):
-                names = [alias.name for alias in child.names]
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
-                    base = ".".join([*anchor, *([base] if base else [])])
-                names = [f"{base}.{alias.name}" for alias in child.names]  # `from pkg import mod` imports pkg.mod
-            else:
-                visit(child, nested)
-                continue
-            if _type_checking_only(child, tree):
-                continue
-            for name in names:
-                target = _resolve(name, known)
-                if target and target != module:
-                    out.append((target, in_function, child.lineno))
-
-    visit(tree, False)
-    return out
-
-
-def _type_checking_only(node: ast.AST, tree: ast.Module) -> bool:
-    """Imports under `if TYPE_CHECKING:` never run: they make no dependency."""
-    for block in ast.walk(tree):
-        if isinstance(block, ast.If) and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING":
-            if any(node is child for stmt in block.body for child in ast.walk(stmt)):
-                return True
-    return False
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -2,7 +2,7 @@
 
 INTERFACE CONTRACT (the serving app codes against exactly this):
 
-    store = Accounts(url, plans)      # url: SQLAlchemy URL; plans: dict[str, frugal.serve.settings.Plan]
+    store = Accounts(url, plans)      # url: SQLAlchemy URL; plans: dict[str, frugal.config.serve.Plan]
     store.migrate()                   # alembic upgrade head (idempotent; safe from two processes)
     plaintext, key = store.create_key(name="acme", plan="starter")   # plaintext shown once; only a hash is stored
     store.list_keys() -> list[KeyInfo]
@@ -40,9 +40,9 @@ from sqlalchemy.orm import sessionmaker
 
 from frugal.accounts import db
 from frugal.accounts.models import ApiKey, Feedback, MinuteRequests, MonthlyUsage, ServedText
+from frugal.config.serve import Plan, ServeSettings, database_url, load_settings
 from frugal.errors import FrugalError
 from frugal.paths import ProjectPaths
-from frugal.serve.settings import Plan, ServeSettings, database_url, load_settings
 
 DATABASE_URL_ENV = "FRUGAL_DATABASE_URL"
 

@@ -8,13 +8,13 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from frugal.runtime.registry import load_predictor
+
 
 class FrugalClassifier(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with a `text` column (or a list of strings). Output: label + one probability per class."""
 
     def load_context(self, context: Any) -> None:
-        from frugal.runtime.registry import load_predictor
-
         threads = int(os.environ.get("FRUGAL_THREADS", "0")) or None
         self.batch_size = int(os.environ.get("FRUGAL_BATCH_SIZE", "32"))
         self.predictor = load_predictor(context.artifacts["model"], threads=threads)

@@ -18,13 +18,13 @@ from fastapi import FastAPI
 
 from frugal import __version__
 from frugal.accounts.store import Accounts, url_for
+from frugal.config.serve import ServeSettings
 from frugal.serve import api
 from frugal.serve.errors import ApiError, api_error_response
 from frugal.serve.limits import BodyLimit
 from frugal.serve.metrics import Metrics, Observe
 from frugal.serve.model import Loaded, ModelHolder
 from frugal.serve.service import Service
-from frugal.serve.settings import ServeSettings
 from frugal.serve.source import source_for
 
 log = logging.getLogger(__name__)

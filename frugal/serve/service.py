@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from frugal.accounts.store import Accounts, AccountsError, KeyInfo
+from frugal.config.serve import ServeSettings
 from frugal.serve.errors import ApiError
 from frugal.serve.metrics import Metrics
 from frugal.serve.model import Loaded, ModelHolder
 from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, Figures, ModelInfo, Prediction, PredictResponse
-from frugal.serve.settings import ServeSettings
 
 
 @dataclass

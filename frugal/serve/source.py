@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Protocol
 
 from frugal import bundle
+from frugal.config.serve import ServeSettings
 from frugal.errors import ConfigError
 from frugal.fetch import fetch_once, in_place
 from frugal.paths import tracking_uri
 from frugal.runtime.manifest import MANIFEST
-from frugal.serve.settings import ServeSettings
 
 FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s")
 

@@ -14,7 +14,8 @@ from frugal.errors import SkipVariant
 from frugal.runtime import Tokenize
 from frugal.runtime.manifest import Manifest
 from ml.compress.base import CompressContext, MethodOptions, StepReport
-from ml.training import LossFn, TrainResult, precision_problem, predict_logits, resolve_device, train
+from ml.data import labelled_rows
+from ml.training import UNLABELLED, LossFn, TrainResult, precision_problem, predict_logits, resolve_device, train
 
 if TYPE_CHECKING:
     import torch
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 def labelled_train(ctx: CompressContext) -> pd.DataFrame:
     """The train rows fine-tuning learned labels from."""
-    from ml.data import labelled_rows  # here, not at the top: config validation imports this package
-
     return labelled_rows(pd.read_parquet(ctx.data / "train.parquet"), ctx.train.max_rows, ctx.seed)
 
 
@@ -106,8 +105,6 @@ def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     (PyTorch's mean over zero unignored rows is NaN, and one NaN step ruins every weight.)
     """
     import torch.nn.functional as F
-
-    from ml.training import UNLABELLED
 
     labelled = int((labels != UNLABELLED).sum())
     return F.cross_entropy(logits, labels, ignore_index=UNLABELLED, reduction="sum") / max(labelled, 1)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from frugal.paths import ROOT, ProjectPaths, tracking_uri_set_by_frugal
 from frugal.paths import tracking_uri as resolve_uri
+from tasks.plumbing import provenance
+from tasks.plumbing.lifecycle import close_stale_runs, owned_run
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -99,8 +101,6 @@ def parent_run(cfg: RunConfig, paths: ProjectPaths, run_name: str | None = None)
     """Open the pipeline's parent run, first closing runs of this experiment that a killed process left RUNNING."""
     from mlflow.entities import Param
 
-    from tasks.plumbing.lifecycle import close_stale_runs, owned_run
-
     exp_id = experiment_id(cfg, paths)
     close_stale_runs(mlflow_client(), exp_id)
     with owned_run(mlflow_client(), exp_id, run_name, provenance_tags(cfg)) as run_id:
@@ -114,8 +114,6 @@ def parent_run(cfg: RunConfig, paths: ProjectPaths, run_name: str | None = None)
 def log_provenance(run_id: str, cfg: RunConfig) -> None:
     """The resolved config and the provenance record (tasks/provenance.py): what `frugal reproduce` reads back."""
     import yaml
-
-    from tasks.plumbing import provenance
 
     record = provenance.collect(cfg)
     set_tags(run_id, provenance.tags(record))
@@ -132,8 +130,6 @@ def child_tags(parent_run_id: str, name: str, tags: dict[str, str] | None = None
 @contextlib.contextmanager
 def nested_run(parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """A run nested under `parent_run_id` that ends in one true state: FINISHED, FAILED (+ error) or KILLED."""
-    from tasks.plumbing.lifecycle import owned_run
-
     exp_id, all_tags = child_tags(parent_run_id, name, tags)
     with owned_run(mlflow_client(), exp_id, name, all_tags) as run_id:
         yield run_id

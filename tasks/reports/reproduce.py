@@ -15,6 +15,7 @@ import yaml
 
 from frugal.config import RunConfig, validate_config
 from frugal.errors import ConfigError, FrugalError
+from tasks.plumbing import tracking
 from tasks.plumbing.provenance import CONFIG_ARTIFACT
 
 if TYPE_CHECKING:
@@ -151,8 +152,6 @@ SUMMARY = ("macro_f1", "accuracy", "f1_retained", "usd_per_1m", "latency_p50_ms"
 def write_summary(run_id: str, path: str | Path) -> None:
     """A run's references and headline metrics as JSON, read back from MLflow: the metrics files of dvc.yaml's stages."""
     import json
-
-    from tasks.plumbing import tracking
 
     mlc = tracking.mlflow_client()
     run = mlc.get_run(run_id)

@@ -45,7 +45,7 @@ class CascadePredictor(Predictor):
                 raise ValueError(f"cascade part {part.model_dir} has labels {part.labels}, the cascade {self.labels}")
         self.tokenize = self.cheap.tokenize
         self.last_rows = self.last_deferred = 0  # the last call's texts and how many the strong part answered
-        self._largest = (0, 0)  # the same for the largest call: in frugal.runtime.measure, a pass over the whole test split
+        self._largest = (0, 0)  # the same for the largest call: in frugal.measure, a pass over the whole test split
 
     def predict_proba(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
         proba = self.cheap.predict_proba(texts, batch_size, sort_by_length)
@@ -61,7 +61,7 @@ class CascadePredictor(Predictor):
         raise NotImplementedError("a cascade routes texts, not token batches: call predict_proba")
 
     def extra_metrics(self) -> dict[str, float]:
-        """What frugal.runtime.measure adds to a cascade's metrics: the share it deferred on the largest call (the test split) and its
+        """What frugal.measure adds to a cascade's metrics: the share it deferred on the largest call (the test split) and its
         calibration. Measured after latency timing too, hence the largest call rather than the last one (a single text)."""
         rows, deferred_rows = self._largest
         notes = self.manifest.notes

@@ -17,7 +17,7 @@ from frugal.runtime.formats.torch import count_params, load_torch
 from ml.compress.base import CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, train_config, train_with_teacher, training_report
 from ml.compress.methods.prune import ffn_norms, prune_ffn, top
-from ml.families import family_of
+from ml.families import family_of, kept_layers
 
 
 class DistillOptions(TrainingOptions):
@@ -30,13 +30,6 @@ class DistillOptions(TrainingOptions):
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha goes to the labels.")
     epochs: float | None = Field(None, gt=0, description="Training epochs; null = the fine-tuning epochs.")
     learning_rate: float | None = Field(None, gt=0, description="Learning rate; null = the fine-tuning rate.")
-
-
-def kept_layers(teacher_depth: int, student_depth: int) -> list[int]:
-    """Evenly spaced teacher layers, the last of each block: 6 -> 3 keeps [1, 3, 5]."""
-    if student_depth > teacher_depth:
-        raise ValueError(f"a {student_depth}-layer student cannot come from a {teacher_depth}-layer teacher")
-    return [round((i + 1) * teacher_depth / student_depth) - 1 for i in range(student_depth)]
 
 
 def make_student(teacher, depth: int, intermediate_size: int | None, method: str = "distill"):  # -> (torch.nn.Module, notes)

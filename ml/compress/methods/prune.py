@@ -21,6 +21,7 @@ from frugal.runtime import Tokenize
 from frugal.runtime.formats.torch import count_params, load_torch
 from ml.compress.base import CompressContext, StepReport, TorchMethod, register
 from ml.compress.common import TrainingOptions, labelled_train, train_config, train_with_teacher, training_report
+from ml.data import label_ids
 from ml.families import Family, Proj, family_of
 
 if TYPE_CHECKING:
@@ -94,8 +95,6 @@ def taylor_scores(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (score of each head, score of each FFN neuron)."""
     import torch
-
-    from ml.data import label_ids  # here, not at the top: config validation imports this package
 
     d = family.head_dim(model)
     model.eval()

@@ -31,7 +31,8 @@ from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import save_model
 from ml.compress import common
 from ml.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
-from ml.modeling import mean_pool
+from ml.families import family_of, kept_layers
+from ml.modeling import load_pretrained, load_tokenizer, mean_pool, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ class StudentOptions(common.TrainingOptions):
 
 def layer_pairs(student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
     """(student layer, teacher layer) pairs, 0-based: each layer of the shallower model with an evenly spaced one of the other."""
-    from ml.compress.methods.distill import kept_layers
-
     if student_depth <= teacher_depth:
         return list(enumerate(kept_layers(teacher_depth, student_depth)))
     return [(s, t) for t, s in enumerate(kept_layers(student_depth, teacher_depth))]
@@ -173,8 +172,6 @@ class DistillStudent(TorchMethod):
         return ctx.model.model_copy(update=changes)
 
     def build(self, src: Path, ctx: CompressContext):
-        from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
-
         opts: StudentOptions = self.options
         manifest = self.source(src)
         teacher = load_torch(src).float()
@@ -269,17 +266,12 @@ class DistillStudent(TorchMethod):
 
     @staticmethod
     def _drop_layers(student: Any, depth: int) -> list[str]:
-        from ml.compress.methods.distill import kept_layers
-        from ml.families import family_of
-
         family = family_of(student, "distill_student (student layers)")
         keep = kept_layers(len(family.layers(student)), depth)
         return [f"Student keeps layers {keep} of {len(family.layers(student))}.", *family.set_layers(student, keep)]
 
     def save(self, model: torch.nn.Module, manifest: Manifest, src: Path, dst: Path) -> None:  # type: ignore[override]
         """Like every torch method, but with the student's tokenizer: the teacher's would feed it ids it never learned."""
-        from ml.modeling import save_tokenizer
-
         if self._tokenizer is None:
             raise RuntimeError("distill_student.save needs the tokenizer build() loaded: call build first")
         save_model(model, dst, manifest)

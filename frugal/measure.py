@@ -1,6 +1,6 @@
 """Measure one model folder in a fresh process: predictions, latency, throughput and peak memory.
 
-Run as ``python -m frugal.runtime.measure RESULT.json`` with a JSON request on stdin.
+Run as ``python -m frugal.measure RESULT.json`` with a JSON request on stdin.
 A process of its own per variant gives an honest peak RSS (what serving that variant
 needs, runtime imports included) and a thread count no earlier variant has touched.
 """
@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 import pandas as pd
+
+from frugal.runtime.registry import load_predictor
 
 
 def peak_rss_mb() -> float:
@@ -47,8 +49,6 @@ def measure(
 ) -> dict:  # fmt: skip
     """Throughput is the median of `passes` timed passes over the test split in length-ordered batches; with `arrival_order`
     each is interleaved with a pass in arrival order, so the gain of sorting is measured under the same machine noise."""
-    from frugal.runtime.registry import load_predictor
-
     started = time.perf_counter()
     predictor = load_predictor(model_dir, threads=threads, device=device)
     load_seconds = time.perf_counter() - started
