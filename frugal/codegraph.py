@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("frugal", "ml", "tasks", "flows")  # the project's importable top-level packages
 
 
-def modules(root: Path = ROOT) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file of the project's packages."""
-    found = {}
+def modules(root: Path | None = None) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the project's packages (under `root`, default: this checkout)."""
+    root, found = root or ROOT, {}
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             parts = list(path.relative_to(root).with_suffix("").parts)
@@ -117,12 +117,13 @@ def _stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in modules(root).values())
 
 
-def graph(root: Path = ROOT) -> dict[str, frozenset[str]]:
+def graph(root: Path | None = None) -> dict[str, frozenset[str]]:
     """Module -> the project modules it imports (anywhere in its body) and the packages above it."""
+    root = root or ROOT
     return _graph(root, _stamp(root))
 
 
-def closure(roots: Iterable[str], root: Path = ROOT, skip: Iterable[str] = ()) -> list[str]:
+def closure(roots: Iterable[str], root: Path | None = None, skip: Iterable[str] = ()) -> list[str]:
     """Every project module that running `roots` can run: imports, parents and declared CODE_DEPS, transitively.
 
     `skip` names CODE_DEPS entries not to follow (a compression step runs one discovered method, not all of them).
@@ -135,19 +136,19 @@ def closure(roots: Iterable[str], root: Path = ROOT, skip: Iterable[str] = ()) -
         if name in seen:
             continue
         if name not in known:
-            raise KeyError(f"{name!r} is not a module of the project under {root}")
+            raise KeyError(f"{name!r} is not a module of the project under {root or ROOT}")
         seen.add(name)
         todo += [*edges[name], *(m for dep in code_deps(known[name]) if dep not in skipped for m in _under(dep, known))]
     return sorted(seen)
 
 
-def files(roots: Iterable[str], root: Path = ROOT, skip: Iterable[str] = ()) -> list[Path]:
+def files(roots: Iterable[str], root: Path | None = None, skip: Iterable[str] = ()) -> list[Path]:
     """The source files of `closure(roots)`, relative to the project root."""
     known = modules(root)
-    return [known[name].relative_to(root) for name in closure(roots, root, skip)]
+    return [known[name].relative_to(root or ROOT) for name in closure(roots, root, skip)]
 
 
-def code_version(roots: Iterable[str], root: Path = ROOT, skip: Iterable[str] = ()) -> str:
+def code_version(roots: Iterable[str], root: Path | None = None, skip: Iterable[str] = ()) -> str:
     """A short hash of the names and source of every module `roots` can run."""
     known, digest = modules(root), hashlib.sha256()
     for name in closure(roots, root, skip):

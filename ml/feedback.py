@@ -3,7 +3,7 @@
 `prepare` calls `add_feedback` when `data.feedback` is set; the merged rows are then cleaned,
 split, validated and versioned like any source, so feedback becomes a new DVC data version.
 
-The merge rule (`merge`; README "Feedback becomes the next data version"):
+The merge rule (`merge`; docs/data.md "Feedback becomes the next data version"):
 
 1. Texts are compared after the normalisation `clean()` applies (control characters and runs of
    whitespace become one space, ends stripped). Feedback rows left without text are dropped

@@ -88,6 +88,30 @@ def test_served_champion_predicts(smoke_run, project: Path) -> None:
     assert len(out) == 2 and set(out["label"]) <= {"negative", "neutral", "positive"}
 
 
+def test_another_experiment_reuses_the_baseline(smoke_run, project: Path, tmp_path: Path) -> None:
+    """A config that extends smoke with another `name` and other variants is another experiment over the same data and
+    fine-tune settings: its fine-tune and its shared step are cache hits (Prefect task state Cached), whichever run logged
+    the data. Data enters cache keys by its content hash, never by where it was recorded."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.pipeline import run
+
+    other = tmp_path / "other.yaml"
+    other.write_text("extends: smoke\nname: smoke-other\ncompress:\n  variants:\n    int8: {method: dynamic_int8}\n")
+    result = run(config=str(other), project_dir=str(project))
+    with get_client(sync_client=True) as api:
+        flow_run = api.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        tasks = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
+    assert states["finetune"] == "Cached" and states["compress_step"] == "Cached"  # smoke's int8-dynamic is the same step
+    mlc = client(project)
+    experiment = mlc.get_run(result.run_id).info.experiment_id
+    assert experiment != mlc.get_run(smoke_run.run_id).info.experiment_id
+    assert not mlc.search_runs([experiment], "tags.step = 'finetune'")  # no fine-tune ran in the new experiment
+
+
 def test_a_failing_method_does_not_stop_the_other_variants(smoke_run, project: Path) -> None:
     from flows.pipeline import run
 

@@ -123,7 +123,7 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc), "Correct the key in your config (see README 'Config reference').") from None
+        raise ConfigError(_describe(exc), "Correct the key in your config (see docs/configuration.md).") from None
 
 
 def _describe(exc: ValidationError) -> str:

@@ -53,7 +53,7 @@ class ActiveConfig(Strict):
 
 
 class AnnotationConfig(Strict):
-    """The cost of labels: label-noise detection before fine-tuning, and active learning (README 'The cost of labels')."""
+    """The cost of labels: label-noise detection before fine-tuning, and active learning (docs/labels.md)."""
 
     features: Literal["embeddings", "tfidf"] = Field(
         description="Features of the cheap learner both use: the pretrained model's frozen mean-pooled embeddings, or TF-IDF."

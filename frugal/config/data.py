@@ -47,7 +47,7 @@ class DataConfig(Strict):
     )
     remote: str | None = Field(description="DVC remote each data version is pushed to before training; null = the DVC default remote.")
     feedback: str | None = Field(
-        description="Feedback to merge into the source before cleaning (README 'Feedback becomes the next data version'): the "
+        description="Feedback to merge into the source before cleaning (docs/data.md 'Feedback becomes the next data version'): the "
         "serving database's SQLAlchemy URL (sqlite:///..., postgresql://...; no password in it, since the config is logged) or a "
         "CSV/Parquet file with columns text, label[, created_at] as `frugal feedback export` writes; null = none."
     )

@@ -19,7 +19,9 @@ class Plan(Strict):
 
 class ServeSettings(Strict):
     model: str = Field(description="models:/NAME@ALIAS in the MLflow registry, or a bundle folder.")
-    tracking_uri: str | None = Field(description="MLflow store with the registry; null: MLFLOW_TRACKING_URI, else the project's mlflow.db.")
+    tracking_uri: str | None = Field(
+        description="MLflow store with the registry (MLFLOW_TRACKING_URI, if set, wins); null = the project's mlflow.db."
+    )
     reload_seconds: float = Field(gt=0, description="How often the alias is polled; a new version is loaded, then swapped in.")
     host: str
     port: int = Field(gt=0, lt=65536)
@@ -37,7 +39,7 @@ def load_settings(name_or_path: str | Path = "serve", overrides: list[str] | Non
         return ServeSettings(**compose(name_or_path, overrides or []))
     except ValidationError as exc:
         bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"Invalid serve config: {bad}.", "Correct the key in configs/serve.yaml (see README 'Serving').") from None
+        raise ConfigError(f"Invalid serve config: {bad}.", "Correct the key in configs/serve.yaml (see docs/serving.md).") from None
 
 
 def database_url(settings: ServeSettings, project_root: Path) -> str:

@@ -47,7 +47,7 @@ class AdapterConfig(Strict):
 
 
 class FederatedConfig(Strict):
-    """Federated fine-tuning with Flower (README 'Federated fine-tuning'): LoRA adapters trained where the data is, FedAvg-merged."""
+    """Federated fine-tuning with Flower (docs/federated.md): LoRA adapters trained where the data is, FedAvg-merged."""
 
     enabled: bool = Field(description="Fine-tune by federated LoRA (FedAvg) across `clients` Flower SuperNodes, not centrally.")
     clients: int = Field(ge=1, description="SuperNodes started, each holding one partition of the labelled train rows.")

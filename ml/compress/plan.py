@@ -46,7 +46,7 @@ def plan(compress: CompressConfig) -> Plan:
             problems.append(str(exc))
     if problems:
         raise ConfigError("Invalid compress.variants: " + "; ".join(problems) + ".",
-                          "Correct the variant (methods and their options: docs/config.md 'Compression methods').")  # fmt: skip
+                          "Correct the variant (methods and their options: docs/configuration.md 'Compression methods').")  # fmt: skip
     return Plan(chains)
 
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from frugal.runtime.formats.torch import count_params, load_torch
 from ml.compress.base import CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, train_config, train_with_teacher, training_report
-from ml.compress.methods.prune import ffn_norms, prune_ffn, top
+from ml.compress.structure import ffn_norms, prune_ffn, top
 from ml.families import family_of, kept_layers
 
 

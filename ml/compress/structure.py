@@ -1,0 +1,80 @@
+"""Structured edits of an encoder: keep some attention heads and feed-forward neurons of a layer, drop the rest.
+
+The Linear layers really shrink (prune and distill's narrower student use these). Which Linears hold
+heads and neurons in each family is ml/families.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ml.families import Family, Proj
+
+if TYPE_CHECKING:
+    import torch
+
+
+def keep_rows(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """A Linear with only the output features `keep`."""
+    import torch
+
+    out = torch.nn.Linear(linear.in_features, len(keep), bias=linear.bias is not None)
+    out.weight.data = linear.weight.data[keep].clone()
+    if linear.bias is not None:
+        out.bias.data = linear.bias.data[keep].clone()
+    return out
+
+
+def keep_cols(linear: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """A Linear reading only the input features `keep`."""
+    import torch
+
+    out = torch.nn.Linear(len(keep), linear.out_features, bias=linear.bias is not None)
+    out.weight.data = linear.weight.data[:, keep].clone()
+    if linear.bias is not None:
+        out.bias.data = linear.bias.data.clone()
+    return out
+
+
+def unit_rows(units: torch.Tensor, width: int, total: int, blocks: int) -> torch.Tensor:
+    """Feature indices of `units` (each `width` features) in every one of `blocks` stacked blocks of `total` units."""
+    import torch
+
+    within = torch.cat([torch.arange(u * width, (u + 1) * width) for u in units.tolist()])
+    return torch.cat([within + b * total * width for b in range(blocks)])
+
+
+def per_unit(values: torch.Tensor, width: int, blocks: int = 1) -> torch.Tensor:
+    """Sum a per-feature score over each unit's features in every block."""
+    return values.view(blocks, -1, width).sum(dim=(0, 2))
+
+
+def _slice(
+    layer: torch.nn.Module, projs: list[tuple[Proj, torch.nn.Linear]], out_path: str, keep: torch.Tensor, width: int, total: int
+) -> None:
+    """Keep the units `keep` (of `total`, each `width` features): rows of the projections, columns of `out_path`."""
+    for proj, linear in projs:
+        layer.set_submodule(proj.path, keep_rows(linear, unit_rows(keep, width, total, proj.blocks)))
+    layer.set_submodule(out_path, keep_cols(layer.get_submodule(out_path), unit_rows(keep, width, total, 1)))
+
+
+def prune_heads(model: torch.nn.Module, family: Family, layer: torch.nn.Module, keep_heads: torch.Tensor) -> None:
+    d = family.head_dim(model)
+    total = family.heads(layer, d)
+    _slice(layer, family.projections(layer, family.heads_in), family.heads_out, keep_heads, d, total)
+    family.set_heads(model, layer, len(keep_heads), d)
+
+
+def prune_ffn(family: Family, layer: torch.nn.Module, keep: torch.Tensor) -> None:
+    _slice(layer, family.projections(layer, family.ffn_in), family.ffn_out, keep, 1, family.ffn_width(layer))
+
+
+def ffn_norms(family: Family, layer: torch.nn.Module) -> torch.Tensor:
+    """Each FFN neuron's squared weight norm over its rows in the input projection(s): a data-free importance."""
+    return sum(per_unit(linear.weight.detach().pow(2).sum(1), 1, proj.blocks) for proj, linear in family.projections(layer, family.ffn_in))
+
+
+def top(scores: torch.Tensor, fraction_removed: float | None = None, count: int | None = None) -> torch.Tensor:
+    """Indices of the highest scores (`count` of them, or all but `fraction_removed`, at least one), in their original order."""
+    keep = count if count is not None else max(1, round(len(scores) * (1 - (fraction_removed or 0.0))))
+    return scores.topk(max(1, keep)).indices.sort().values
