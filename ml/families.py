@@ -44,6 +44,7 @@ class Family:
     ffn_out = "output.dense"
     attention = "attention.self"  # the module whose forward splits heads
     head_dim_attr = "attention_head_size"  # its head width, fixed by the config; pruning never changes it
+    ffn_config = "intermediate_size"  # the config field that says the feed-forward width
     onnx_model_type = "bert"  # onnxruntime.transformers.optimizer model_type (its fusions for BERT-style graphs)
 
     # -- reading the structure
@@ -130,6 +131,7 @@ class DistilBert(Family):
     ffn_in = (Proj("ffn.lin1"),)
     ffn_out = "ffn.lin2"
     attention = "attention"
+    ffn_config = "hidden_dim"
 
     def set_heads(self, model: torch.nn.Module, layer: torch.nn.Module, heads: int, head_dim: int) -> None:
         attention = layer.get_submodule(self.attention)

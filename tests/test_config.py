@@ -57,7 +57,7 @@ def test_bad_method_option_names_variant_and_option() -> None:
 
 def test_a_step_that_cannot_take_the_format_before_it_is_one_config_error() -> None:
     """Formats are checked along the chain before anything runs: prune takes a PyTorch model, onnx_export gives ONNX."""
-    with pytest.raises(ConfigError, match=r"variant 'v': prune takes hf, but step 1 \(onnx_export\) gives onnx"):
+    with pytest.raises(ConfigError, match=r"variant 'v': prune takes hf or hf-resized, but step 1 \(onnx_export\) gives onnx"):
         plan(load_config("smoke", ["compress.variants={v: [{method: onnx_export}, {method: prune}]}"]).compress)
     planned = plan(load_config("smoke", ["compress.variants={v: [{method: prune}, {method: onnx_int8}]}"]).compress)
     assert [step.method.name for step in planned.chains["v"]] == ["prune", "onnx_int8"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from frugal.runtime.formats.torch import torch_format
 from frugal.runtime.manifest import Manifest, copy_tokenizer
 from frugal.runtime.registry import save_model
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from frugal.config import ModelConfig, TrainConfig
 
 REGISTRY: dict[str, type[Method]] = {}
+TORCH_FORMATS = ("hf", "hf-resized")  # PyTorch folders frugal's loader reads: what most methods take
 
 
 class MethodOptions(BaseModel):
@@ -79,7 +81,8 @@ class Method(ABC):
         """The source's manifest, or a clear error when the method cannot take a model of that format."""
         manifest = Manifest.load(src)
         if manifest.format not in self.accepts:
-            kinds = " or ".join({"hf": "a PyTorch (hf)", "onnx": "an ONNX"}.get(f, f"a {f}") for f in self.accepts)
+            names = {"hf": "a PyTorch (hf)", "hf-resized": "a PyTorch (hf)", "onnx": "an ONNX"}
+            kinds = " or ".join(dict.fromkeys(names.get(f, f"a {f}") for f in self.accepts))
             raise ValueError(f"{self.name} needs {kinds} model, got {manifest.format!r}; put it earlier in the chain")
         return manifest
 
@@ -103,6 +106,8 @@ class TorchMethod(Method):
 
     @staticmethod
     def save(model: torch.nn.Module, manifest: Manifest, src: Path, dst: Path) -> None:
+        if manifest.format in TORCH_FORMATS:  # a folder says what it holds: standard transformers only if its config says it all
+            manifest = manifest.derive(format=torch_format(model))
         save_model(model, dst, manifest)
         copy_tokenizer(src, dst)
 

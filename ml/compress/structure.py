@@ -78,3 +78,11 @@ def top(scores: torch.Tensor, fraction_removed: float | None = None, count: int 
     """Indices of the highest scores (`count` of them, or all but `fraction_removed`, at least one), in their original order."""
     keep = count if count is not None else max(1, round(len(scores) * (1 - (fraction_removed or 0.0))))
     return scores.topk(max(1, keep)).indices.sort().values
+
+
+def sync_ffn_config(model: torch.nn.Module, family: Family) -> None:
+    """Write the feed-forward width into the config when every layer has the same one (what pruning and a narrower student
+    give), so the saved folder's config.json says the weights' true shape and plain transformers loads it."""
+    widths = {family.ffn_width(layer) for layer in family.layers(model)}
+    if len(widths) == 1:
+        setattr(model.config, family.ffn_config, widths.pop())

@@ -1,7 +1,10 @@
-"""The PyTorch formats: ``hf`` (transformers), ``torch-int8`` and ``hf-nf4``; their predictor, save and load.
+"""The PyTorch formats: ``hf`` (transformers), ``hf-resized``, ``torch-int8`` and ``hf-nf4``; their predictor, save and load.
 
-- ``hf``: ``config.json`` + ``model.safetensors``, loadable by transformers'
-  ``AutoModelForSequenceClassification.from_pretrained`` as it is.
+- ``hf``: ``config.json`` + ``model.safetensors`` whose config describes every weight's shape, so transformers'
+  ``AutoModelForSequenceClassification.from_pretrained`` loads it as it is (and so does any stack built on it).
+- ``hf-resized``: the same files, but some Linear layers are smaller than any transformers config can say (attention
+  heads removed per layer: transformers 5 has no ``pruned_heads``). frugal's own: ``load_torch`` sizes each layer from
+  its saved tensor; to take it elsewhere, convert it (onnx_export, onnx_int8), whose output is a standard ONNX file.
 - ``torch-int8``: dynamic int8 Linear weights stored as int8 tensors + scales in safetensors (frugal's own).
 - ``hf-nf4``: a transformers save with bitsandbytes 4-bit weights (CUDA only).
 
@@ -63,8 +66,27 @@ def save_hf(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
 
     dst.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(dst)
-    save_model(model, str(dst / WEIGHTS))
+    save_model(model, str(dst / WEIGHTS), metadata={"format": "pt"})  # transformers reads only safetensors marked "pt"
     manifest.save(dst)
+
+
+def config_matches(model: torch.nn.Module) -> bool:
+    """Whether the model's own config builds every one of its weights in the same shape: then its `hf` folder is
+    loadable by plain transformers; otherwise it is `hf-resized` (built on the meta device: no memory, no time)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    with torch.device("meta"):
+        built = AutoModelForSequenceClassification.from_config(model.config)
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return mine == {k: tuple(v.shape) for k, v in built.state_dict().items()}
+
+
+def torch_format(model: torch.nn.Module) -> str:
+    """``hf`` when the config says every shape, else ``hf-resized`` (what a structural edit saves as)."""
+    return "hf" if config_matches(model) else "hf-resized"
 
 
 def save_int8(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
@@ -97,7 +119,7 @@ def save_int8(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
 
 
 def load_torch(model_dir: Path) -> torch.nn.Module:
-    """Load an ``hf``, ``torch-int8`` or ``hf-nf4`` model folder into an eval-mode PyTorch module."""
+    """Load an ``hf``, ``hf-resized``, ``torch-int8`` or ``hf-nf4`` model folder into an eval-mode PyTorch module."""
     import torch
     from safetensors import safe_open
 
@@ -172,6 +194,8 @@ def _save_nf4(model: torch.nn.Module, dst: Path, manifest: Manifest) -> None:
 
 
 register(Format("hf", "transformers config.json + model.safetensors", TorchPredictor, save_hf, TORCH, standard="transformers"))
+register(Format("hf-resized", "hf files whose Linears are smaller than the config says (heads pruned per layer; frugal's own)",
+                TorchPredictor, save_hf, TORCH, standard=None))  # fmt: skip
 register(Format("torch-int8", "dynamic int8 Linear weights + scales in safetensors (frugal's own)", TorchPredictor, save_int8, TORCH,
                 standard=None))  # fmt: skip
 register(Format("hf-nf4", "transformers save with bitsandbytes 4-bit weights (CUDA only)", TorchPredictor, _save_nf4,

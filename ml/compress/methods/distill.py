@@ -14,9 +14,9 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.runtime.formats.torch import count_params, load_torch
-from ml.compress.base import CompressContext, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, train_config, train_with_teacher, training_report
-from ml.compress.structure import ffn_norms, prune_ffn, top
+from ml.compress.structure import ffn_norms, prune_ffn, sync_ffn_config, top
 from ml.families import family_of, kept_layers
 
 
@@ -40,12 +40,15 @@ def make_student(teacher, depth: int, intermediate_size: int | None, method: str
     if intermediate_size is not None:
         for layer in family.layers(student):
             prune_ffn(family, layer, top(ffn_norms(family, layer), count=min(intermediate_size, family.ffn_width(layer))))
+        sync_ffn_config(student, family)
     return student, notes
 
 
 @register
 class Distill(TorchMethod):
     name = "distill"
+    accepts = TORCH_FORMATS
+    produces = TORCH_FORMATS
     Options = DistillOptions
     heavy = True
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from frugal.runtime.formats.torch import count_params, load_torch, quantize_dynamic_int8
-from ml.compress.base import CompressContext, StepReport, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, StepReport, TorchMethod, register
 
 
 @register
 class DynamicInt8(TorchMethod):
     name = "dynamic_int8"
+    accepts = TORCH_FORMATS
     produces = ("torch-int8",)
 
     def build(self, src: Path, ctx: CompressContext):

@@ -10,7 +10,7 @@ from pydantic import Field
 from frugal.errors import SkipVariant
 from frugal.hardware import half_unsupported
 from frugal.runtime.formats.torch import count_params, load_torch
-from ml.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
 
 
 class HalfOptions(MethodOptions):
@@ -30,6 +30,8 @@ def unsupported(dtype: str, device: str, cpuinfo: str | None = None) -> str | No
 @register
 class Half(TorchMethod):
     name = "half"
+    accepts = TORCH_FORMATS
+    produces = TORCH_FORMATS
     heavy = True  # converts and checks on the GPU it will serve on
     Options = HalfOptions
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.runtime.formats.torch import count_params
-from ml.compress.base import CompressContext, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, train_config, train_with_teacher, training_report
 from ml.modeling import load_pretrained
 
@@ -29,6 +29,7 @@ class LoraOptions(TrainingOptions):
 @register
 class Lora(TorchMethod):
     name = "lora"
+    accepts = TORCH_FORMATS
     Options = LoraOptions
     heavy = True
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ml.compress.base import CompressContext, Method, MethodOptions, StepReport, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, Method, MethodOptions, StepReport, register
 from ml.compress.common import val_split
 from ml.compress.onnx import FP32_TOLERANCE, export, finish, max_abs_diff
 
@@ -20,6 +20,7 @@ class OnnxExportOptions(MethodOptions):
 @register
 class OnnxExport(Method):
     name = "onnx_export"
+    accepts = TORCH_FORMATS
     produces = ("onnx",)
     Options = OnnxExportOptions
 

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from frugal.runtime import Tokenize
-from ml.compress.base import CompressContext, Method, MethodOptions, StepReport, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, Method, MethodOptions, StepReport, register
 from ml.compress.common import val_split
 from ml.compress.onnx import agreement, export, finish, plain_int8, race
 
@@ -69,7 +69,7 @@ def quantize(fp32: Path, out: Path, opts: OnnxInt8Options, tokenize: Tokenize, c
 @register
 class OnnxInt8(Method):
     name = "onnx_int8"
-    accepts = ("hf", "onnx")
+    accepts = (*TORCH_FORMATS, "onnx")
     produces = ("onnx",)
     Options = OnnxInt8Options
 
@@ -81,14 +81,14 @@ class OnnxInt8(Method):
         notes: list[str] = []
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = src / "model.onnx"
-            if manifest.format == "hf":  # static QDQ quantizes the plain graph; dynamic the fused one
+            if manifest.format in TORCH_FORMATS:  # static QDQ quantizes the plain graph; dynamic the fused one
                 fp32 = Path(tmp) / "model.onnx"
                 notes = export(src, fp32, opset=17, optimize=opts.mode == "dynamic", method=self.name).notes
             quantize(fp32, dst / "model.onnx", opts, Tokenize(src, manifest.max_length), val[: opts.calibration_texts])
         lineage = [*manifest.lineage, *([] if manifest.format == "onnx" else ["onnx_export"]), f"{self.name}-{opts.mode}"]
         finish(src, dst, manifest.derive(format="onnx", dtype="int8", lineage=lineage))
         report = StepReport(metrics={}, notes=notes)
-        if opts.mode == "dynamic" and manifest.format == "hf" and opts.never_slower_than_plain:
+        if opts.mode == "dynamic" and manifest.format in TORCH_FORMATS and opts.never_slower_than_plain:
             report = keep_faster(src, dst, val[: opts.timing_texts], ctx.serve_threads, report)
         report.metrics["agreement_with_source"] = agreement(src, dst, val[: opts.check_texts])
         return report

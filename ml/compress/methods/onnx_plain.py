@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from frugal.runtime.manifest import Manifest
-from ml.compress.base import CompressContext, Method, MethodOptions, StepReport, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, Method, MethodOptions, StepReport, register
 from ml.compress.common import val_split
 from ml.compress.onnx import agreement, finish, plain_int8
 
@@ -18,6 +18,7 @@ from ml.compress.onnx import agreement, finish, plain_int8
 @register
 class OnnxInt8Plain(Method):
     name = "onnx_int8_plain"
+    accepts = TORCH_FORMATS
     produces = ("onnx",)
     Options = MethodOptions
 

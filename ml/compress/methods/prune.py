@@ -19,9 +19,9 @@ from pydantic import Field
 
 from frugal.runtime import Tokenize
 from frugal.runtime.formats.torch import count_params, load_torch
-from ml.compress.base import CompressContext, StepReport, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, StepReport, TorchMethod, register
 from ml.compress.common import TrainingOptions, labelled_train, train_config, train_with_teacher, training_report
-from ml.compress.structure import per_unit, prune_ffn, prune_heads, top
+from ml.compress.structure import per_unit, prune_ffn, prune_heads, sync_ffn_config, top
 from ml.data import label_ids
 from ml.families import Family, Proj, family_of
 
@@ -83,6 +83,8 @@ def taylor_scores(
 @register
 class Prune(TorchMethod):
     name = "prune"
+    accepts = TORCH_FORMATS
+    produces = TORCH_FORMATS
     Options = PruneOptions
     heavy = True
 
@@ -105,6 +107,7 @@ class Prune(TorchMethod):
                 notes.add(f"{family.name} keeps {kept} of {len(heads)} heads per layer, not {wanted}: {family.heads_constraint}.")
             prune_heads(model, family, layer, top(heads, count=kept))
             prune_ffn(family, layer, top(neurons, opts.ffn_fraction))
+        sync_ffn_config(model, family)
         d = family.head_dim(model)
         params = {"family": family.name, "heads_per_layer": [family.heads(layer, d) for layer in family.layers(model)],
                   "ffn_per_layer": [family.ffn_width(layer) for layer in family.layers(model)]}  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from frugal.runtime.formats.torch import count_params, load_torch
-from ml.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
 
 NO_SPEEDUP = "Unstructured sparsity brings no speedup on dense CPU kernels and no smaller file: the zeros are still stored and multiplied."
 
@@ -23,6 +23,8 @@ class SparsityOptions(MethodOptions):
 @register
 class Sparsity(TorchMethod):
     name = "sparsity"
+    accepts = TORCH_FORMATS
+    produces = TORCH_FORMATS
     Options = SparsityOptions
 
     def build(self, src: Path, ctx: CompressContext):

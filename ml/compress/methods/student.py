@@ -30,7 +30,7 @@ from frugal.runtime.formats.torch import count_params, load_torch
 from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import save_model
 from ml.compress import common
-from ml.compress.base import CompressContext, MethodOptions, StepReport, TorchMethod, register
+from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
 from ml.families import family_of, kept_layers
 from ml.modeling import load_pretrained, load_tokenizer, mean_pool, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
@@ -161,6 +161,8 @@ def intermediate_loss(view: TeacherView, pairs: list[tuple[int, int]], projectio
 @register
 class DistillStudent(TorchMethod):
     name = "distill_student"
+    accepts = TORCH_FORMATS
+    produces = TORCH_FORMATS
     Options = StudentOptions
     heavy = True
     _tokenizer: Any = None  # the student's, kept by build for save
