@@ -65,18 +65,68 @@ def run_suite(frames: dict[str, pd.DataFrame], cfg: RunConfig) -> dict[str, Any]
     return results
 
 
+def failed(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(split, expectation type, its arguments, its result) of each failed expectation."""
+    return [
+        (split, item["expectation_config"]["type"], {k: v for k, v in item["expectation_config"]["kwargs"].items() if k != "batch_id"},
+         item["result"])
+        for split, result in results.items() for item in result["results"] if not item["success"]
+    ]  # fmt: skip
+
+
 def failures(results: dict[str, Any]) -> list[str]:
-    """One readable line per failed expectation."""
+    """One technical line per failed expectation (GX's names and arguments): the detail the run keeps."""
     lines = []
-    for split, result in results.items():
-        for item in result["results"]:
-            if item["success"]:
-                continue
-            config = item["expectation_config"]
-            kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
-            if len(str(kwargs.get("value_set", ""))) > 80:
-                kwargs["value_set"] = "[...]"
-            observed = item["result"].get("observed_value", item["result"].get("unexpected_count"))
-            detail = f" (observed: {observed})" if observed is not None else ""
-            lines.append(f"{split}: {config['type']} {kwargs}{detail}")
+    for split, kind, kwargs, result in failed(results):
+        if len(str(kwargs.get("value_set", ""))) > 80:
+            kwargs["value_set"] = "[...]"
+        observed = result.get("observed_value", result.get("unexpected_count"))
+        lines.append(f"{split}: {kind} {kwargs}" + (f" (observed: {observed})" if observed is not None else ""))
     return lines
+
+
+def explain(results: dict[str, Any], frames: dict[str, pd.DataFrame], cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Each failure in words, counted on the data itself (what a user reads), and the config keys that set the limits."""
+    sentences, keys = [], []
+    for split, kind, kwargs, _ in failed(results):
+        sentence, key = _in_words(split, kind, kwargs, frames[split], frames["train"], cfg)
+        sentences.append(sentence)
+        keys += [key] if key not in keys else []
+    return sentences, keys
+
+
+def _in_words(split: str, kind: str, kw: dict[str, Any], frame: pd.DataFrame, train: pd.DataFrame, cfg: RunConfig) -> tuple[str, str]:
+    rows, column = len(frame), kw.get("column", "")
+    if kind == "expect_column_to_exist":
+        return f"the {split} split has no '{column}' column", f"data.{column}_column"
+    if kind == "expect_column_values_to_not_be_null":
+        return f"{int(frame[column].isna().sum()):,} of {rows:,} {split} rows have no {column}", f"data.{column}_column"
+    if kind == "expect_column_value_lengths_to_be_between":
+        return _lengths(split, frame[column].astype(str).str.len(), kw["min_value"], kw["max_value"])
+    if kind == "expect_table_row_count_to_be_between":
+        return f"the {split} split has {rows:,} rows, fewer than validation.min_rows.{split} = {kw['min_value']:,}", "validation.min_rows"
+    if kind == "expect_column_mean_to_be_between" and column.startswith(SHARE_PREFIX):
+        label, rules = column.removeprefix(SHARE_PREFIX), cfg.validation
+        share = float((frame["label"] == label).mean()) if rows else 0.0
+        return (f"label '{label}' is {share:.1%} of the {split} rows, outside {rules.class_share_min:.0%} to {rules.class_share_max:.0%}",
+                "validation.class_share_min / class_share_max")  # fmt: skip
+    if kind == "expect_column_values_to_be_in_set" and column == SHARED_WITH_TRAIN:
+        leaked = int(frame["text"].isin(set(train["text"])).sum())
+        return f"{leaked:,} of {rows:,} {split} texts also appear in train (their scores would be inflated)", "data.split"
+    if kind == "expect_column_values_to_be_in_set":
+        bad = frame.loc[~frame[column].isin(kw["value_set"]), column]
+        shown = ", ".join(repr(v) for v in bad.astype(str).unique()[:5])
+        return f"{len(bad):,} of {rows:,} {split} {column}s are not in data.labels, e.g. {shown}", "data.labels"
+    return f"{split}: {kind} {kw}", "validation"
+
+
+def _lengths(split: str, lengths: pd.Series, shortest: int, longest: int) -> tuple[str, str]:
+    over, under = int((lengths > longest).sum()), int((lengths < shortest).sum())
+    parts = []
+    if over:
+        parts.append(f"{over:,} of {len(lengths):,} {split} texts are longer than {longest:,} characters; "
+                     f"the longest has {int(lengths.max()):,} characters")  # fmt: skip
+    if under:
+        parts.append(f"{under:,} of {len(lengths):,} {split} texts are shorter than {shortest:,} characters")
+    key = "validation.text_max_chars" if over else "validation.text_min_chars"
+    return "; ".join(parts), key

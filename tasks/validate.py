@@ -9,7 +9,7 @@ from frugal.config import RunConfig
 from frugal.errors import ValidationFailed
 from frugal.paths import ProjectPaths
 from ml.data import SPLITS, read_split
-from ml.validation import failures, run_suite
+from ml.validation import explain, failures, run_suite
 from tasks.plumbing import tracking
 from tasks.plumbing.stage import stage
 from tasks.prepare import Staged
@@ -20,16 +20,17 @@ log = logging.getLogger(__name__)
 @stage(name="validate")
 def validate(staged: Staged, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> dict[str, Any]:
     """Run the suite, log its result to MLflow, and stop the flow when any expectation fails."""
-    run_id = parent_run
     frames = {split: read_split(staged.dir(paths), split) for split in SPLITS}
     results = run_suite(frames, cfg)
-    tracking.log_json(run_id, results, "validation/result.json")
+    tracking.log_json(parent_run, results, "validation/result.json")
     failed = failures(results)
-    tracking.log_metrics(run_id, {"validation_failed_expectations": len(failed)})
+    tracking.log_metrics(parent_run, {"validation_failed_expectations": len(failed)})
     if failed:
+        tracking.log_text(parent_run, "\n".join(failed) + "\n", "validation/failures.txt")  # GX's own terms, for whoever digs
+        sentences, keys = explain(results, frames, cfg)
         raise ValidationFailed(
-            "Data validation failed; nothing was trained:\n    " + "\n    ".join(failed),
-            "Fix the data (or the limits under `validation:` in the config) and run again.",
+            "Data validation failed; nothing was trained:\n    " + "\n    ".join(f"{s[0].upper()}{s[1:]}." for s in sentences),
+            f"Fix the data, or change {', '.join(keys)} in the config, and run again (details: validation/ in the MLflow run).",
         )
     log.info("Validation passed: %d expectations on each of %s", len(results["train"]["results"]), ", ".join(SPLITS))
     return {split: results[split]["statistics"] for split in SPLITS}
