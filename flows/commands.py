@@ -24,6 +24,7 @@ from ml import feedback
 from tasks.plumbing import config, tracking
 from tasks.plumbing.lifecycle import close_stale_runs
 from tasks.reports import compare as compare_report
+from tasks.reports import compare_reports
 from tasks.reports.reproduce import write_summary
 
 
@@ -95,7 +96,7 @@ def compare(args: argparse.Namespace) -> int:
     cfg, paths = config.load(args.config, args.overrides), ProjectPaths.resolve(args.project_dir)
     rows = compare_report.select(compare_report.collect(tracking.client(cfg, paths), args.targets), filters, order)
     print(compare_report.render_text(rows))
-    for path in compare_report.write_reports(rows, Path(args.out) if args.out else paths.work / "reports"):
+    for path in compare_reports.write_reports(rows, Path(args.out) if args.out else paths.work / "reports"):
         print(f"Wrote {path}")
     return 0
 

@@ -182,7 +182,6 @@ def train(
         state = checkpoints.resume(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler) or state
     resumed_from = state.step
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
-    extra = {"output_hidden_states": outputs_loss.hidden_states, "output_attentions": outputs_loss.attentions} if outputs_loss else {}
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
     for step in range(state.step, total_steps):
@@ -192,18 +191,8 @@ def train(
         idx = batches[within]
         torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only: a resumed run repeats the original
         batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in idx]).items()}
-        with _autocast(cfg.precision, device):  # the forward only: losses take fp32 logits, backward follows the forward's dtypes
-            outputs = model(**batch, **extra)
-        loss = loss_fn(outputs.logits.float(), torch.from_numpy(row_labels[idx]).to(device), idx)
-        if outputs_loss is not None:
-            loss = loss + outputs_loss.fn(outputs, batch, idx)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)  # skipped for fp16 when a gradient overflowed; the schedule moves on regardless
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        targets = torch.from_numpy(row_labels[idx]).to(device)
+        loss = _step(model, batch, targets, idx, loss_fn, outputs_loss, cfg.precision, (optimizer, scheduler, scaler))
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", best_f1=f"{state.best_f1:.3f}", refresh=False)
         done = step + 1
@@ -219,6 +208,28 @@ def train(
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     seconds = time.perf_counter() - started
     return TrainResult(state.best_f1, total_steps, seconds, device, cfg.precision, trainable, state.history, resumed_from)
+
+
+def _step(model: Any, batch: dict[str, Any], targets: Any, idx: np.ndarray, loss_fn: LossFn, outputs_loss: OutputsLoss | None,
+          precision: str, optim: tuple[Any, Any, Any]) -> Any:  # fmt: skip
+    """One optimizer step on one batch; returns the loss."""
+    import torch
+
+    optimizer, scheduler, scaler = optim
+    extra = {"output_hidden_states": outputs_loss.hidden_states, "output_attentions": outputs_loss.attentions} if outputs_loss else {}
+    with _autocast(precision, targets.device.type):  # the forward only: losses take fp32 logits, backward follows the forward's dtypes
+        outputs = model(**batch, **extra)
+    loss = loss_fn(outputs.logits.float(), targets, idx)
+    if outputs_loss is not None:
+        loss = loss + outputs_loss.fn(outputs, batch, idx)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)  # skipped for fp16 when a gradient overflowed; the schedule moves on regardless
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def _epoch_batches(epoch: int, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:

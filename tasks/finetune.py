@@ -66,13 +66,7 @@ def finetune(
     rows, weights = treated(rows, flagged_texts(noise), noise.action, noise.weight) if noise else (rows, None)
     with tracking.nested_run(parent_run, "finetune", {"kind": "step", "step": "finetune"}) as run_id, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
-        tokenizer = load_tokenizer(model)
-        save_tokenizer(tokenizer, out)
-        net, notes = load_pretrained_with_notes(model, labels, seed)
-        if notes:  # e.g. the checkpoint's own head had another number of labels and was replaced
-            tracking.set_tags(run_id, {"notes": " ".join(notes)})
-        ensure_pad_token_id(net.config, tokenizer)
-        net.config.save_pretrained(out)  # Tokenize reads the pad id and whether the model takes token types from it
+        net = pretrained(model, labels, seed, out, run_id)
         if adapter is not None:
             net = with_adapter(net, adapter, Path(tmp) / "base")
         result = train(
@@ -92,13 +86,32 @@ def finetune(
             net = merged(net, adapter, Path(tmp) / "base")
         total = count_params(net)
         save_hf(net, out, Manifest(format="hf", labels=labels, max_length=model.max_length, params=total))
-        params, metrics = training_record(result, train_cfg, total)
-        params["adapter"] = "none" if adapter is None else ("qlora" if adapter.quantize_4bit else "lora")
-        params |= {"label_noise": f"{noise.action} {noise.flagged} flagged (run {noise.run_id})", "train_rows": len(rows)} if noise else {}
-        tracking.log_params(run_id, params)
-        tracking.log_metrics(run_id, metrics)
-        tracking.log_history(run_id, result.history)
-        tracking.log_dir(run_id, out, "model")
+        log_baseline(run_id, out, result, train_cfg, total, noise, len(rows))
     shutil.rmtree(ckpt, ignore_errors=True)  # the model is safe in the store now
     log.info("Fine-tuned in %.0f s on %s: best val macro-F1 %.4f", result.seconds, result.device, result.best_val_macro_f1)
     return ModelRef(run_id=run_id, seconds=result.seconds)
+
+
+def pretrained(model: ModelConfig, labels: list[str], seed: int, out: Path, run_id: str):  # -> torch.nn.Module
+    """The pretrained model with a fresh head; its tokenizer and config written to `out` (Tokenize reads the pad id and
+    whether the model takes token types from there)."""
+    tokenizer = load_tokenizer(model)
+    save_tokenizer(tokenizer, out)
+    net, notes = load_pretrained_with_notes(model, labels, seed)
+    if notes:  # e.g. the checkpoint's own head had another number of labels and was replaced
+        tracking.set_tags(run_id, {"notes": " ".join(notes)})
+    ensure_pad_token_id(net.config, tokenizer)
+    net.config.save_pretrained(out)
+    return net
+
+
+def log_baseline(run_id: str, out: Path, result: TrainResult, cfg: FinetuneConfig, total: int, noise: NoiseRef | None, rows: int) -> None:
+    """The fine-tune's params, metrics, curves and model on its step run."""
+    adapter = cfg.adapter if cfg.adapter.enabled else None
+    params, metrics = training_record(result, cfg, total)
+    params["adapter"] = "none" if adapter is None else ("qlora" if adapter.quantize_4bit else "lora")
+    params |= {"label_noise": f"{noise.action} {noise.flagged} flagged (run {noise.run_id})", "train_rows": rows} if noise else {}
+    tracking.log_params(run_id, params)
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_history(run_id, result.history)
+    tracking.log_dir(run_id, out, "model")
