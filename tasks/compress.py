@@ -48,19 +48,23 @@ class StepSettings(Ref):
     model: ModelConfig  # the pretrained model (LoRA starts from it)
     serve_device: str
     serve_threads: int
+    serve_batch_size: int
+    tolerance: float  # select.tolerance: a method choosing between candidates (int8's race) keeps to it
 
     @classmethod
     def of(cls, cfg: RunConfig) -> StepSettings:
+        e = cfg.evaluate
         return cls(
-            labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=cfg.evaluate.device,
-            serve_threads=cfg.evaluate.threads,
+            labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=e.device, serve_threads=e.threads,
+            serve_batch_size=e.batch_size, tolerance=cfg.select.tolerance,
         )  # fmt: skip
 
 
 def context(settings: StepSettings, data_dir: Path, paths: ProjectPaths, checkpoint: Path | None = None) -> CompressContext:
     return CompressContext(
         data=data_dir, labels=settings.labels, seed=settings.seed, train=settings.train, model=settings.model,
-        serve_device=settings.serve_device, serve_threads=settings.serve_threads, scratch=paths.work / "scratch", checkpoint=checkpoint,
+        serve_device=settings.serve_device, serve_threads=settings.serve_threads, serve_batch_size=settings.serve_batch_size,
+        tolerance=settings.tolerance, scratch=paths.work / "scratch", checkpoint=checkpoint,
     )  # fmt: skip
 
 

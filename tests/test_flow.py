@@ -42,7 +42,7 @@ def test_smoke_pipeline_end_to_end(smoke_run, project: Path, tmp_path: Path) -> 
     children = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke_run.run_id}' and tags.kind = 'variant'")
     variants = {r.data.tags["variant"]: r for r in children}
     assert all(r.info.status == "FINISHED" for r in children)
-    assert set(variants) == {"baseline", "int8-dynamic", "onnx-int8", "prune", "distill-onnx-int8", "fp16"}
+    assert set(variants) == {"baseline", "int8-dynamic", "onnx-int8", "prune", "int8", "distill-onnx-int8", "fp16"}
     assert variants["fp16"].data.tags["status"] == "skipped" and "float16" in variants["fp16"].data.tags["skip_reason"]
     for name, run in variants.items():
         if name != "fp16":

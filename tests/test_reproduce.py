@@ -63,6 +63,13 @@ def test_reproduce_gives_the_same_data_and_quality(original: str, project: Path,
     # recomputed, not read from the cache: the fine-tune of the rerun has its own timing
     assert after["baseline"]["train_seconds"] != before["baseline"]["train_seconds"]
     assert "| baseline | macro_f1 |" in out and "reproduced / original" in out
+    # The raced int8 step is rebuilt as the candidate the original kept, without racing again.
+    def int8_step(run_id: str) -> dict:
+        (variant,) = mlc.search_runs([first.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' and tags.variant = 'int8'")
+        return mlc.get_run(variant.data.tags["steps"].split(",")[1]).data.params
+
+    kept, rebuilt = int8_step(original), int8_step(again.info.run_id)
+    assert kept["raced"] == "True" and rebuilt["raced"] == "False" and rebuilt["option.pick"] == rebuilt["winner"] == kept["winner"]
 
 
 def test_a_changed_prepared_file_is_refused(original: str, project: Path, capsys: pytest.CaptureFixture) -> None:

@@ -40,6 +40,8 @@ class CompressContext:
     serve_device: str  # where variants are evaluated and served: a method that cannot run there is skipped
     scratch: Path
     serve_threads: int = 2  # threads variants are measured and served with (evaluate.threads): what a method times itself at
+    serve_batch_size: int = 32  # batch size variants are measured with (evaluate.batch_size)
+    tolerance: float = 0.01  # select.tolerance: the largest macro-F1 drop a method may accept when it chooses between candidates
     checkpoint: Path | None = None  # where a training method keeps its resume point (None: no checkpoints)
 
 

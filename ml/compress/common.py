@@ -30,6 +30,12 @@ def val_split(ctx: CompressContext) -> pd.DataFrame:
     return pd.read_parquet(ctx.data / "val.parquet")
 
 
+def calibration_texts(ctx: CompressContext, n: int) -> list[str]:
+    """`n` train texts (a seeded sample of the rows fine-tuning saw) that static int8 sets its activation ranges on."""
+    train = labelled_train(ctx)
+    return list(train.sample(n=min(n, len(train)), random_state=ctx.seed)["text"])
+
+
 def with_transfer_rows(labelled: pd.DataFrame, ctx: CompressContext, transfer_rows: int) -> pd.DataFrame:
     """`labelled` plus up to `transfer_rows` other train rows with their labels hidden (teacher targets only).
 

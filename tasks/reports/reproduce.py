@@ -39,6 +39,7 @@ class Recorded:
     dirty: bool
     machine: str
     variants: dict[str, dict[str, float]] = field(default_factory=dict)
+    winners: dict[str, dict[int, str]] = field(default_factory=dict)  # variant -> chain step index -> the candidate a race kept
 
 
 def is_quality(metric: str) -> bool:
@@ -72,7 +73,7 @@ def recorded(mlc: MlflowClient, run_id: str) -> Recorded:
                                  "Rerun its config with `frugal run`; later runs can be reproduced.") from None  # fmt: skip
     machine = f"{tags.get('hw_cpu', 'unknown CPU')}, {tags.get('hw_cores', '?')} cores, GPU {tags.get('hw_gpu', 'none')}"
     return Recorded(rid, tags["data_hash"], config, tags.get("git_commit", "unknown"), tags.get("git_dirty") == "true", machine,
-                    variant_metrics(mlc, run))  # fmt: skip
+                    variant_metrics(mlc, run), race_winners(mlc, run))  # fmt: skip
 
 
 def variant_metrics(mlc: MlflowClient, parent: Any) -> dict[str, dict[str, float]]:
@@ -81,9 +82,36 @@ def variant_metrics(mlc: MlflowClient, parent: Any) -> dict[str, dict[str, float
     return {r.data.tags["variant"]: dict(r.data.metrics) for r in runs}
 
 
+def race_winners(mlc: MlflowClient, parent: Any) -> dict[str, dict[int, str]]:
+    """Per variant, the candidate each raced step kept (its step run's `winner` param; tag `steps` lists the chain's runs)."""
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'variant'"
+    winners: dict[str, dict[int, str]] = {}
+    for variant in mlc.search_runs([parent.info.experiment_id], query, max_results=1000):
+        steps = [r for r in variant.data.tags.get("steps", "").split(",") if r][1:]  # the first is the fine-tune
+        for index, step_run in enumerate(steps):
+            params = mlc.get_run(step_run).data.params
+            if params.get("raced") == "True" and "winner" in params:
+                winners.setdefault(variant.data.tags["variant"], {})[index] = params["winner"]
+    return winners
+
+
+def pinned(variants: dict[str, Any], winners: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """The config's variants with each raced step set to build the candidate the original kept (no race: the same graph)."""
+    out = dict(variants)
+    for name, by_step in winners.items():
+        steps = out.get(name)
+        if isinstance(steps, list):
+            out[name] = [{**step, "pick": by_step[i]} if i in by_step else step for i, step in enumerate(steps)]
+    return out
+
+
 def rerun_config(original: Recorded) -> RunConfig:
-    """The original's resolved config, reading its recorded data version and never re-pinning data.dvc."""
+    """The original's resolved config, reading its recorded data version, never re-pinning data.dvc, and building each raced
+    step's recorded winner instead of racing again (a race on another machine, or another moment, can keep another graph)."""
     raw = {**original.config, "data": {**original.config.get("data", {}), "version": original.data_hash, "record_version": False}}
+    compress = original.config.get("compress", {})
+    if original.winners and isinstance(compress.get("variants"), dict):
+        raw["compress"] = {**compress, "variants": pinned(compress["variants"], original.winners)}
     try:
         return validate_config(raw)
     except ConfigError as exc:

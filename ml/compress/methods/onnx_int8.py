@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from frugal.runtime import Tokenize
 from ml.compress.base import TORCH_FORMATS, CompressContext, Method, MethodOptions, StepReport, register
 from ml.compress.common import val_split
 from ml.compress.onnx import agreement, export, finish, plain_int8, race
+from ml.compress.quantize import ort_int8
 
 
 class OnnxInt8Options(MethodOptions):
@@ -30,40 +30,6 @@ class OnnxInt8Options(MethodOptions):
         "time both on val texts on this machine with the serving threads, and keep the faster graph.",
     )
     timing_texts: int = Field(512, ge=32, description="Val texts each candidate graph is timed on (3 interleaved passes).")
-
-
-class _Calibration:
-    """Feeds batches of val texts to ONNX Runtime's static calibrator."""
-
-    def __init__(self, tokenize: Tokenize, texts: list[str], input_names: set[str], batch_size: int = 16) -> None:
-        self._batches = iter(
-            [{k: v for k, v in tokenize(texts[i : i + batch_size]).items() if k in input_names} for i in range(0, len(texts), batch_size)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-def quantize(fp32: Path, out: Path, opts: OnnxInt8Options, tokenize: Tokenize, calibration: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    ops = ["MatMul", "Attention", *(["Gather", "EmbedLayerNormalization"] if opts.quantize_embeddings else [])]
-    # Fused ops (com.microsoft domain) defeat shape inference; their outputs are float.
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    if opts.mode == "dynamic":
-        quantize_dynamic(
-            str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=opts.per_channel, op_types_to_quantize=ops, extra_options=extra
-        )
-        return
-    names = {i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input}
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
-    quantize_static(
-        str(fp32), str(out), _Calibration(tokenize, calibration, names), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=opts.per_channel,
-        op_types_to_quantize=["MatMul", *(["Gather"] if opts.quantize_embeddings else [])],
-        calibrate_method=method[opts.calibration_method], extra_options=extra,
-    )  # fmt: skip
 
 
 @register
@@ -84,7 +50,8 @@ class OnnxInt8(Method):
             if manifest.format in TORCH_FORMATS:  # static QDQ quantizes the plain graph; dynamic the fused one
                 fp32 = Path(tmp) / "model.onnx"
                 notes = export(src, fp32, opset=17, optimize=opts.mode == "dynamic", method=self.name).notes
-            quantize(fp32, dst / "model.onnx", opts, Tokenize(src, manifest.max_length), val[: opts.calibration_texts])
+            ort_int8(fp32, dst / "model.onnx", opts.mode, Tokenize(src, manifest.max_length), val[: opts.calibration_texts],
+                     per_channel=opts.per_channel, quantize_embeddings=opts.quantize_embeddings, calibration_method=opts.calibration_method)
         lineage = [*manifest.lineage, *([] if manifest.format == "onnx" else ["onnx_export"]), f"{self.name}-{opts.mode}"]
         finish(src, dst, manifest.derive(format="onnx", dtype="int8", lineage=lineage))
         report = StepReport(metrics={}, notes=notes)
