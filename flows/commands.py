@@ -19,6 +19,7 @@ from flows.deploy import start_worker
 from flows.pipeline import run as run_pipeline
 from flows.reproduce import reproduce as rerun
 from frugal.accounts.store import open_accounts
+from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
 from ml import feedback
 from tasks.plumbing import config, tracking
@@ -28,9 +29,24 @@ from tasks.reports import compare_reports
 from tasks.reports.reproduce import write_summary
 
 
+def budget_minutes(text: str) -> float:
+    """`20m`, `90s`, `1h` or a plain number of minutes, as minutes; one ConfigError otherwise."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "m")
+    try:
+        minutes = float(number) * units[unit]
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        raise ConfigError(f"--budget {text!r} is not a positive time.", "Give it like 20m, 90s or 1h (minutes when no unit).")
+    return minutes
+
+
 def run(args: argparse.Namespace) -> int:
     if args.record_data:
         args.overrides = [*args.overrides, "data.record_version=true"]
+    if args.budget:
+        args.overrides = [*args.overrides, f"compress.search.budget_minutes={budget_minutes(args.budget)}"]
     config.load_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))  # fail fast
     if args.fresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"

@@ -28,6 +28,8 @@ from tasks.plumbing import tracking
 from tasks.plumbing.refs import Ref, Variant
 from tasks.prepare import prepare
 from tasks.register import Registration, register
+from tasks.search import report as search_report
+from tasks.search import search, usd_per_hour
 from tasks.select import Selection, select
 from tasks.validate import validate
 from tasks.version import restore_data, version_data
@@ -69,12 +71,15 @@ def pipeline(
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
         for name, steps in planned.chains.items():
             variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
-        variants += build_cascades(cfg, variants, data, paths, run_id)  # in this process: two models over the val split
+        searched, priced = search(cfg, base, data, paths, run_id, on.compress_step) if cfg.compress.search.enabled else ([], None)
+        variants += searched + build_cascades(cfg, variants, data, paths, run_id)  # cascades in this process: two models over val
         if until == "compress":
             return stopped(run_id, data.md5, until)
         baseline = evaluate(variants[0], None, data, cfg, paths, run_id, measure=on.measure)
         scores = [baseline] + [evaluate(v, baseline, data, cfg, paths, run_id, measure=on.measure) for v in variants[1:]]
         selection = select([s for s in scores if s is not None], variants, cfg, run_id)
+        if priced is not None:  # predicted vs measured cost of the searched shapes
+            search_report(priced, [s for s in scores if s is not None], run_id, usd_per_hour(cfg))
         bundle = package(selection, variants, data, cfg, paths, run_id)
         registration = register(bundle, selection, data, cfg, paths, run_id, measure=on.measure)
     return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)

@@ -45,6 +45,8 @@ def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--record-data", action="store_true", help="pin this run's data version in <data.dir>.dvc even when it differs")
     run.add_argument("--until", choices=["data", "finetune", "compress"], help="stop after this stage (dvc.yaml runs one stage each)")
     run.add_argument("--metrics-file", default=None, help="also write the run's refs and metrics to this JSON file (for DVC)")
+    run.add_argument("--budget", default=None, metavar="TIME",
+                     help="wall clock for the search, e.g. 20m, 90s, 1h (compress.search.budget_minutes)")  # fmt: skip
     reproduce = sub.add_parser("reproduce", help="rerun a recorded run from its data version and config, and diff its metrics")
     reproduce.add_argument("run_id", help="the MLflow parent run id (a variant's run id works too)")
     reproduce.add_argument("--project-dir", default=None, help="the project holding the run's MLflow store and DVC cache")

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from frugal.compose import compose, read_yaml
 from frugal.config._base import Strict, relative_path
 from frugal.config.annotation import ActiveConfig, AnnotationConfig, NoiseConfig
-from frugal.config.compress import CascadeConfig, CompressConfig, EvaluateConfig, SelectConfig, StepConfig
+from frugal.config.compress import CascadeConfig, CompressConfig, EvaluateConfig, SearchConfig, SelectConfig, StepConfig
 from frugal.config.data import DataConfig, ModelConfig, SplitConfig, TinyModelConfig, ValidationConfig
 from frugal.config.operations import ScheduleConfig, TrackingConfig, WorkersConfig
 from frugal.config.training import AdapterConfig, FederatedConfig, FinetuneConfig, TrainConfig
@@ -29,7 +29,7 @@ from frugal.paths import CONFIGS_DIR
 __all__ = [
     "CONFIGS_DIR", "ActiveConfig", "AdapterConfig", "AnnotationConfig", "CascadeConfig", "CompressConfig", "DataConfig",
     "EvaluateConfig", "FederatedConfig", "FinetuneConfig", "Instance", "ModelConfig", "NoiseConfig", "RunConfig",
-    "ScheduleConfig", "SelectConfig", "SplitConfig", "StepConfig", "Strict", "TinyModelConfig", "TrackingConfig",
+    "ScheduleConfig", "SearchConfig", "SelectConfig", "SplitConfig", "StepConfig", "Strict", "TinyModelConfig", "TrackingConfig",
     "TrainConfig", "ValidationConfig", "WorkersConfig", "load_config", "load_hardware", "relative_path", "validate_config",
 ]  # fmt: skip
 

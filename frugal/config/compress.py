@@ -39,7 +39,28 @@ class CascadeConfig(Strict):
         return self.cascade[1]
 
 
+class SearchConfig(Strict):
+    """The search for the cheapest good-enough model (ml/search.py): a space of shapes, priced untrained, trained cheapest first."""
+
+    enabled: bool = Field(description="Search the space below beside the hand-written variants (off: the variants only).")
+    budget_minutes: float = Field(gt=0, description="Wall clock for the search's pricing and training (`frugal run --budget`).")
+    layers: list[int] = Field(min_length=1, description="Student depths (distilled from the fine-tuned model); its own depth = none.")
+    heads_fractions: list[float] = Field(min_length=1, description="Shares of attention heads pruned per layer (0 = none).")
+    ffn_fractions: list[float] = Field(min_length=1, description="Shares of feed-forward neurons pruned per layer (0 = none).")
+    epochs: float = Field(gt=0, description="Training epochs of each candidate's distillation (and pruning recovery).")
+    transfer_rows: int = Field(ge=0, description="Extra train rows, labels hidden, each candidate learns the teacher's soft targets on.")
+    price_texts: int = Field(ge=32, description="Test texts each untrained candidate is timed on to price it.")
+
+    @field_validator("heads_fractions", "ffn_fractions")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 <= v < 1 for v in values):
+            raise ValueError("fractions must be >= 0 and < 1")
+        return values
+
+
 class CompressConfig(Strict):
+    search: SearchConfig
     variants: dict[str, list[StepConfig] | CascadeConfig] = Field(
         description="Variant name -> one step or a chain of steps applied to the fine-tuned model, or {cascade: [cheap, strong]} "
         "(optionally threshold) over two other variants."

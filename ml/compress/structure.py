@@ -6,9 +6,10 @@ heads and neurons in each family is ml/families.py.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
-from ml.families import Family, Proj
+from ml.families import Family, Proj, family_of, kept_layers
 
 if TYPE_CHECKING:
     import torch
@@ -86,3 +87,15 @@ def sync_ffn_config(model: torch.nn.Module, family: Family) -> None:
     widths = {family.ffn_width(layer) for layer in family.layers(model)}
     if len(widths) == 1:
         setattr(model.config, family.ffn_config, widths.pop())
+
+
+def make_student(teacher, depth: int, intermediate_size: int | None, method: str = "distill"):  # -> (torch.nn.Module, notes)
+    """The teacher's kept layers (optionally with their strongest FFN neurons only), and notes on family-specific changes."""
+    family = family_of(teacher, method)
+    student = copy.deepcopy(teacher)
+    notes = family.set_layers(student, kept_layers(len(family.layers(teacher)), depth))
+    if intermediate_size is not None:
+        for layer in family.layers(student):
+            prune_ffn(family, layer, top(ffn_norms(family, layer), count=min(intermediate_size, family.ffn_width(layer))))
+        sync_ffn_config(student, family)
+    return student, notes

@@ -8,7 +8,6 @@ with the labels.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from pydantic import Field
@@ -16,7 +15,7 @@ from pydantic import Field
 from frugal.runtime.formats.torch import count_params, load_torch
 from ml.compress.base import TORCH_FORMATS, CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, train_config, train_with_teacher, training_report
-from ml.compress.structure import ffn_norms, prune_ffn, sync_ffn_config, top
+from ml.compress.structure import make_student
 from ml.families import family_of, kept_layers
 
 
@@ -30,18 +29,6 @@ class DistillOptions(TrainingOptions):
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha goes to the labels.")
     epochs: float | None = Field(None, gt=0, description="Training epochs; null = the fine-tuning epochs.")
     learning_rate: float | None = Field(None, gt=0, description="Learning rate; null = the fine-tuning rate.")
-
-
-def make_student(teacher, depth: int, intermediate_size: int | None, method: str = "distill"):  # -> (torch.nn.Module, notes)
-    """The teacher's kept layers (optionally with their strongest FFN neurons only), and notes on family-specific changes."""
-    family = family_of(teacher, method)
-    student = copy.deepcopy(teacher)
-    notes = family.set_layers(student, kept_layers(len(family.layers(teacher)), depth))
-    if intermediate_size is not None:
-        for layer in family.layers(student):
-            prune_ffn(family, layer, top(ffn_norms(family, layer), count=min(intermediate_size, family.ffn_width(layer))))
-        sync_ffn_config(student, family)
-    return student, notes
 
 
 @register

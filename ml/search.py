@@ -1,0 +1,118 @@
+"""The search: the cheapest shape of the fine-tuned model that keeps the quality bar, found by pricing before training.
+
+A candidate is a shape: a student depth (distilled from the fine-tuned model), shares of attention heads and
+feed-forward neurons pruned per layer, then int8 on the fastest runtime (the `int8` race). Its cost does not
+depend on its trained weights, so each shape is built untrained (the fine-tuned model's kept layers, heads
+and neurons, no training), quantized and timed in seconds: that predicts its throughput, hence its $/1M.
+
+The fine-tuned model itself through int8 trains nothing and keeps the bar (the race checks it on val): it is
+the anchor. Only shapes predicted faster than the anchor are trained, fastest first; the first that keeps the
+bar on val ends the search, since every shape after it is predicted slower. The budget ends it too.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frugal.config import SearchConfig, StepConfig
+from frugal.runtime.formats.torch import load_torch, torch_format
+from frugal.runtime.manifest import Manifest, copy_tokenizer
+from frugal.runtime.registry import save_model
+from ml.compress.onnx import race
+from ml.compress.quantize import openvino_folder, ort_folder
+from ml.compress.structure import make_student, prune_ffn, prune_heads, sync_ffn_config, top
+from ml.families import family_of
+
+CALIBRATION = 32  # texts an untrained shape's static int8 is calibrated on: ranges do not change its speed
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    layers: int
+    heads_fraction: float = 0.0
+    ffn_fraction: float = 0.0
+
+    @property
+    def name(self) -> str:
+        pruned = (f"-h{round(100 * self.heads_fraction)}" if self.heads_fraction else "") + (
+            f"-f{round(100 * self.ffn_fraction)}" if self.ffn_fraction else ""
+        )
+        return f"search-{self.layers}L{pruned}"
+
+    def steps(self, depth: int, cfg: SearchConfig) -> list[StepConfig]:
+        """The chain that makes this shape from the fine-tuned model: distill, prune (with recovery), then the int8 race."""
+        steps = []
+        if self.layers < depth:
+            steps.append(StepConfig(method="distill", layers=self.layers, epochs=cfg.epochs, transfer_rows=cfg.transfer_rows))
+        if self.heads_fraction or self.ffn_fraction:
+            steps.append(StepConfig(method="prune", heads_fraction=self.heads_fraction, ffn_fraction=self.ffn_fraction,
+                                    recovery_epochs=cfg.epochs, transfer_rows=cfg.transfer_rows))  # fmt: skip
+        return [*steps, StepConfig(method="int8")]
+
+
+def space(cfg: SearchConfig, depth: int) -> list[Shape]:
+    """Every shape of the config's grid that the fine-tuned model can give, except the model itself (the anchor)."""
+    layers = sorted({min(n, depth) for n in cfg.layers})
+    shapes = {Shape(n, h, f) for n, h, f in itertools.product(layers, cfg.heads_fractions, cfg.ffn_fractions)}
+    return sorted(shapes - {Shape(depth)})
+
+
+def untrained(teacher: Any, shape: Shape) -> Any:
+    """The shape built from the fine-tuned model without training: what it costs to run is all that is read from it."""
+    import torch
+
+    family = family_of(teacher, "search")
+    depth = len(family.layers(teacher))
+    model = make_student(teacher, shape.layers, None, "search")[0] if shape.layers < depth else copy.deepcopy(teacher)
+    d = family.head_dim(model)
+    for layer in family.layers(model):
+        if shape.heads_fraction:
+            heads = family.heads(layer, d)
+            kept = family.allowed_heads(model, max(1, round(heads * (1 - shape.heads_fraction))))
+            prune_heads(model, family, layer, top(torch.arange(heads, dtype=torch.float), count=kept))
+        if shape.ffn_fraction:
+            prune_ffn(family, layer, top(torch.arange(family.ffn_width(layer), dtype=torch.float), shape.ffn_fraction))
+    sync_ffn_config(model, family)
+    return model.eval()
+
+
+def price(fine_tuned: Path, shape: Shape | None, texts: list[str], threads: int) -> float:
+    """Predicted texts/s of a shape (None: the fine-tuned model itself) through int8: the faster of ONNX Runtime dynamic and
+    OpenVINO static, timed on `texts` as evaluation times a model."""
+    manifest = Manifest.load(fine_tuned)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        if shape is None:
+            shutil.copytree(fine_tuned, folder)
+        else:
+            model = untrained(load_torch(fine_tuned).float(), shape)
+            save_model(model, folder, manifest.derive(format=torch_format(model)))
+            copy_tokenizer(fine_tuned, folder)
+        source = Manifest.load(folder)
+        ort_folder(folder, Path(tmp) / "onnx", source, "dynamic", texts[:CALIBRATION])
+        candidates = [Path(tmp) / "onnx"]
+        try:
+            openvino_folder(folder, Path(tmp) / "openvino", source, "int8", texts[:CALIBRATION])
+            candidates.append(Path(tmp) / "openvino")
+        except ImportError:  # openvino/nncf not installed: ONNX Runtime alone prices it
+            pass
+        return max(race(candidates, texts, threads, passes=2))
+
+
+def depth(model_dir: Path) -> int:
+    """The number of layers a model folder's config says (DistilBERT names it n_layers)."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config.get("num_hidden_layers") or config["n_layers"])
+
+
+def order(predicted: dict[Shape, float], anchor: float) -> list[Shape]:
+    """The shapes predicted faster than the anchor, fastest (cheapest) first; the others cannot beat it and are never trained."""
+    return sorted((s for s, speed in predicted.items() if speed > anchor), key=lambda s: (-predicted[s], s))

@@ -1,0 +1,124 @@
+"""search: price every shape of compress.search untrained, then train only those that could beat the anchor, fastest first.
+
+The logic is ml/search.py. Pricing is one cached stage (`price_search`, a `search` step run holding every
+candidate's predicted throughput and $/1M); each trained candidate is an ordinary variant built from its
+chain by the cached compression steps, so a rerun after a crash reuses every finished candidate and resumes
+the one in training from its checkpoint. After evaluation, `report` logs predicted vs measured cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pandas as pd
+
+from frugal.config import RunConfig, SearchConfig, load_hardware
+from frugal.paths import ProjectPaths
+from frugal.pricing import usd_per_1m
+from frugal.runtime import load_predictor
+from ml.compress.plan import chain
+from ml.quality import quality
+from ml.search import Shape, depth, order, price, space
+from tasks.compress import build_variant
+from tasks.plumbing import store, tracking
+from tasks.plumbing.refs import DataRef, ModelRef, Ref, Scores, Variant
+from tasks.plumbing.stage import stage
+
+log = logging.getLogger(__name__)
+
+
+class Priced(Ref):
+    """What pricing found: each shape's predicted texts/s, the anchor's (the fine-tuned model through int8), and its run."""
+
+    run_id: str
+    anchor_per_s: float
+    predicted_per_s: dict[str, float]  # shape name -> texts/s
+    shapes: dict[str, tuple[int, float, float]]  # shape name -> (layers, heads_fraction, ffn_fraction)
+    seconds: float
+
+
+@stage(name="price_search", cached=True)
+def price_search(
+    baseline: ModelRef, search: SearchConfig, data: DataRef, threads: int, per_hour: float, paths: ProjectPaths, parent_run: str
+) -> Priced:  # fmt: skip
+    """Every shape of the space, built untrained and timed through int8; the figures on a `search` step run."""
+    started = time.perf_counter()
+    fine_tuned = store.model_dir(baseline, paths)
+    texts = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["text"][: search.price_texts])
+    shapes = space(search, depth(fine_tuned))
+    with tracking.nested_run(parent_run, "search", {"kind": "step", "step": "search"}) as run_id:
+        anchor = price(fine_tuned, None, texts, threads)
+        predicted = {s.name: price(fine_tuned, s, texts, threads) for s in shapes}
+        tracking.log_params(run_id, {"shapes": len(shapes), "price_texts": len(texts), "budget_minutes": search.budget_minutes})
+        costs = {f"predicted_usd_per_1m.{n}": usd_per_1m(v, per_hour) for n, v in predicted.items()}
+        tracking.log_metrics(run_id, {"anchor_per_s": anchor, "anchor_usd_per_1m": usd_per_1m(anchor, per_hour), **costs})
+        seconds = time.perf_counter() - started
+        tracking.log_metrics(run_id, {"pricing_seconds": seconds})
+    log.info("Search: priced %d shapes in %.0f s; %d predicted cheaper than the fine-tuned model through int8 (%.0f texts/s)",
+             len(shapes), seconds, sum(v > anchor for v in predicted.values()), anchor)  # fmt: skip
+    return Priced(run_id=run_id, anchor_per_s=anchor, predicted_per_s=predicted,
+                  shapes={s.name: (s.layers, s.heads_fraction, s.ffn_fraction) for s in shapes}, seconds=seconds)  # fmt: skip
+
+
+def search(
+    cfg: RunConfig, baseline: ModelRef, data: DataRef, paths: ProjectPaths, parent_run: str, run_step: Callable[..., ModelRef]
+) -> tuple[list[Variant], Priced]:  # fmt: skip
+    """The trained candidates (as variants), fastest predicted first, until one keeps the bar on val or the budget ends."""
+    started, s = time.monotonic(), cfg.compress.search
+    priced = price_search(baseline, s, data, cfg.evaluate.threads, usd_per_hour(cfg), paths, parent_run)
+    shapes = {name: Shape(*spec) for name, spec in priced.shapes.items()}
+    floor = _baseline_val_f1(baseline) - cfg.select.tolerance
+    full = depth(store.model_dir(baseline, paths))
+    variants: list[Variant] = []
+    for shape in order({shapes[n]: v for n, v in priced.predicted_per_s.items()}, priced.anchor_per_s):
+        if time.monotonic() - started > s.budget_minutes * 60:
+            needs = baseline.seconds * s.epochs / cfg.finetune.epochs * shape.layers / full  # a fine-tune's time, scaled to the shape
+            variants.append(Variant(name=shape.name, model=None, status="skipped", reason=_out_of_budget(s, started, variants, needs)))
+            break
+        steps = chain(shape.name, shape.steps(full, s))
+        variant = build_variant(shape.name, steps, baseline, data, cfg, paths, parent_run, run_step)
+        variants.append(variant)
+        if variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor:
+            break  # every shape left is predicted slower than this one, which keeps the bar
+    return variants, priced
+
+
+def usd_per_hour(cfg: RunConfig) -> float:
+    """The serving instance's price (evaluate.instance in configs/hardware.yaml)."""
+    return load_hardware()[cfg.evaluate.instance].usd_per_hour
+
+
+def _baseline_val_f1(baseline: ModelRef) -> float:
+    return float(tracking.mlflow_client().get_run(baseline.run_id).data.metrics["best_val_macro_f1"])
+
+
+def _val_f1(variant: Variant, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> float:
+    val = pd.read_parquet(store.data_dir(data, paths) / "val.parquet")
+    predictor = load_predictor(store.model_dir(variant.model, paths), threads=cfg.evaluate.threads)
+    return quality(list(val["label"]), predictor.predict(list(val["text"]), cfg.evaluate.batch_size), cfg.data.labels)["macro_f1"]
+
+
+def _out_of_budget(s: SearchConfig, started: float, trained: list[Variant], needs: float) -> str:
+    """Why the search stopped, and the budget that would train this shape too (estimated from the fine-tune's time)."""
+    spent = time.monotonic() - started
+    done = f"{len(trained)} candidate(s) trained" if trained else "no candidate trained"
+    return (f"the search budget of {s.budget_minutes:g} min ended ({spent / 60:.1f} min spent, {done}); training this shape needs "
+            f"about {needs / 60:.1f} min more: raise compress.search.budget_minutes (or --budget) to at least {(spent + needs) / 60:.1f}")
+
+
+def report(priced: Priced, scores: list[Scores], parent_run: str, per_hour: float) -> str:
+    """Predicted vs measured $/1M of every priced shape (measured: the trained ones), on the parent run as search.md."""
+    measured = {s.variant: s.metrics["usd_per_1m"] for s in scores}
+    lines = ["| shape | predicted $/1M | measured $/1M | error |", "|---|---|---|---|",
+             f"| fine-tuned + int8 (anchor) | {usd_per_1m(priced.anchor_per_s, per_hour):.4f} | | |"]  # fmt: skip
+    for name, speed in sorted(priced.predicted_per_s.items(), key=lambda kv: -kv[1]):
+        predicted = usd_per_1m(speed, per_hour)
+        if name in measured:
+            lines.append(f"| {name} | {predicted:.4f} | {measured[name]:.4f} | {measured[name] / predicted - 1:+.0%} |")
+        else:
+            lines.append(f"| {name} | {predicted:.4f} | not trained | |")
+    text = "\n".join(lines) + "\n"
+    tracking.log_text(parent_run, text, "search.md")
+    return text
