@@ -6,8 +6,10 @@ depend on its trained weights, so each shape is built untrained (the fine-tuned 
 and neurons, no training), quantized and timed in seconds: that predicts its throughput, hence its $/1M.
 
 The fine-tuned model itself through int8 trains nothing and keeps the bar (the race checks it on val): it is
-the anchor. Only shapes predicted faster than the anchor are trained, fastest first; the first that keeps the
-bar on val ends the search, since every shape after it is predicted slower. The budget ends it too.
+the anchor. Only shapes predicted faster than the anchor are ever trained, in the order of a bisection over
+them sorted by predicted cost (`Bisection`): a bigger shape keeps more of the model, so the cheapest one that
+keeps the bar is found in about log2(n) trainings instead of n. The budget ends it too, before a training that
+would not finish in it starts.
 """
 
 from __future__ import annotations
@@ -116,3 +118,31 @@ def depth(model_dir: Path) -> int:
 def order(predicted: dict[Shape, float], anchor: float) -> list[Shape]:
     """The shapes predicted faster than the anchor, fastest (cheapest) first; the others cannot beat it and are never trained."""
     return sorted((s for s, speed in predicted.items() if speed > anchor), key=lambda s: (-predicted[s], s))
+
+
+class Bisection:
+    """The cheapest shape that keeps the bar, assuming quality grows with predicted cost (a shape with more layers, heads and
+    neurons keeps more of the model): train the middle of the cost-ordered shapes; if it keeps the bar, look among the
+    cheaper ones, else among the dearer ones."""
+
+    def __init__(self, cheapest_first: list[Shape]) -> None:
+        self.shapes, self.lo, self.hi = cheapest_first, 0, len(cheapest_first) - 1
+        self.best: Shape | None = None
+
+    def next(self) -> Shape | None:
+        """The shape to train next, or None when the search is done."""
+        return self.shapes[(self.lo + self.hi) // 2] if self.lo <= self.hi else None
+
+    def record(self, shape: Shape, keeps_bar: bool) -> None:
+        at = self.shapes.index(shape)
+        if keeps_bar:
+            self.best, self.hi = shape, at - 1
+        else:
+            self.lo = at + 1
+
+
+def training_seconds(shape: Shape, depth: int, fine_tune_seconds: float, fine_tune_epochs: float, epochs: float) -> float:
+    """About how long a shape's chain trains: the fine-tune's time scaled to its epochs and depth, twice with pruning
+    (distillation, then the pruning recovery), plus a minute for the int8 race."""
+    one_pass = fine_tune_seconds * epochs / fine_tune_epochs * shape.layers / depth
+    return one_pass * ((shape.layers < depth) + bool(shape.heads_fraction or shape.ffn_fraction)) + 60

@@ -1,4 +1,4 @@
-"""search: price every shape of compress.search untrained, then train only those that could beat the anchor, fastest first.
+"""search: price every shape of compress.search untrained, then train, by bisection, only those that could beat the anchor.
 
 The logic is ml/search.py. Pricing is one cached stage (`price_search`, a `search` step run holding every
 candidate's predicted throughput and $/1M); each trained candidate is an ordinary variant built from its
@@ -20,7 +20,7 @@ from frugal.pricing import usd_per_1m
 from frugal.runtime import load_predictor
 from ml.compress.plan import chain
 from ml.quality import quality
-from ml.search import Shape, depth, order, price, space
+from ml.search import Bisection, Shape, depth, order, price, space, training_seconds
 from tasks.compress import build_variant
 from tasks.plumbing import store, tracking
 from tasks.plumbing.refs import DataRef, ModelRef, Ref, Scores, Variant
@@ -65,23 +65,23 @@ def price_search(
 def search(
     cfg: RunConfig, baseline: ModelRef, data: DataRef, paths: ProjectPaths, parent_run: str, run_step: Callable[..., ModelRef]
 ) -> tuple[list[Variant], Priced]:  # fmt: skip
-    """The trained candidates (as variants), fastest predicted first, until one keeps the bar on val or the budget ends."""
+    """The trained candidates (as variants), chosen by bisection over the shapes predicted cheaper than the anchor (ml/search.py),
+    until the cheapest that keeps the bar on val is found or the next training would not finish within the budget."""
     started, s = time.monotonic(), cfg.compress.search
     priced = price_search(baseline, s, data, cfg.evaluate.threads, usd_per_hour(cfg), paths, parent_run)
     shapes = {name: Shape(*spec) for name, spec in priced.shapes.items()}
     floor = _baseline_val_f1(baseline) - cfg.select.tolerance
     full = depth(store.model_dir(baseline, paths))
+    bisection = Bisection(order({shapes[n]: v for n, v in priced.predicted_per_s.items()}, priced.anchor_per_s))
     variants: list[Variant] = []
-    for shape in order({shapes[n]: v for n, v in priced.predicted_per_s.items()}, priced.anchor_per_s):
-        if time.monotonic() - started > s.budget_minutes * 60:
-            needs = baseline.seconds * s.epochs / cfg.finetune.epochs * shape.layers / full  # a fine-tune's time, scaled to the shape
+    while (shape := bisection.next()) is not None:
+        needs = training_seconds(shape, full, baseline.seconds, cfg.finetune.epochs, s.epochs)
+        if time.monotonic() - started + needs > s.budget_minutes * 60:
             variants.append(Variant(name=shape.name, model=None, status="skipped", reason=_out_of_budget(s, started, variants, needs)))
             break
-        steps = chain(shape.name, shape.steps(full, s))
-        variant = build_variant(shape.name, steps, baseline, data, cfg, paths, parent_run, run_step)
+        variant = build_variant(shape.name, chain(shape.name, shape.steps(full, s)), baseline, data, cfg, paths, parent_run, run_step)
         variants.append(variant)
-        if variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor:
-            break  # every shape left is predicted slower than this one, which keeps the bar
+        bisection.record(shape, variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor)
     return variants, priced
 
 
@@ -104,8 +104,9 @@ def _out_of_budget(s: SearchConfig, started: float, trained: list[Variant], need
     """Why the search stopped, and the budget that would train this shape too (estimated from the fine-tune's time)."""
     spent = time.monotonic() - started
     done = f"{len(trained)} candidate(s) trained" if trained else "no candidate trained"
-    return (f"the search budget of {s.budget_minutes:g} min ended ({spent / 60:.1f} min spent, {done}); training this shape needs "
-            f"about {needs / 60:.1f} min more: raise compress.search.budget_minutes (or --budget) to at least {(spent + needs) / 60:.1f}")
+    return (f"the search budget of {s.budget_minutes:g} min would end before this shape trains ({spent / 60:.1f} min spent, {done}; "
+            f"it needs about {needs / 60:.1f} min): raise compress.search.budget_minutes (or --budget) "
+            f"to at least {(spent + needs) / 60:.1f}")
 
 
 def report(priced: Priced, scores: list[Scores], parent_run: str, per_hour: float) -> str:
