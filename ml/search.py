@@ -47,15 +47,13 @@ class Shape:
         )
         return f"search-{self.layers}L{pruned}"
 
-    def steps(self, depth: int, cfg: SearchConfig) -> list[StepConfig]:
-        """The chain that makes this shape from the fine-tuned model: distill, prune (with recovery), then the int8 race."""
-        steps = []
-        if self.layers < depth:
-            steps.append(StepConfig(method="distill", layers=self.layers, epochs=cfg.epochs, transfer_rows=cfg.transfer_rows))
-        if self.heads_fraction or self.ffn_fraction:
-            steps.append(StepConfig(method="prune", heads_fraction=self.heads_fraction, ffn_fraction=self.ffn_fraction,
-                                    recovery_epochs=cfg.epochs, transfer_rows=cfg.transfer_rows))  # fmt: skip
-        return [*steps, StepConfig(method="int8")]
+    def steps(self, cfg: SearchConfig) -> list[StepConfig]:
+        """The chain that makes this shape from the fine-tuned model: one distillation into the shape (its layers kept, its
+        least important heads and neurons cut before it trains, so one training shrinks and recovers it), then the int8 race."""
+        options = {"layers": self.layers, "heads_fraction": self.heads_fraction, "ffn_fraction": self.ffn_fraction,
+                   "epochs": cfg.epochs, "transfer_rows": cfg.transfer_rows, "learning_rate": cfg.learning_rate}  # fmt: skip
+        distill = StepConfig(method="distill", **{k: v for k, v in options.items() if v is not None})
+        return [distill, StepConfig(method="int8")]
 
 
 def space(cfg: SearchConfig, depth: int) -> list[Shape]:
@@ -141,8 +139,10 @@ class Bisection:
             self.lo = at + 1
 
 
-def training_seconds(shape: Shape, depth: int, fine_tune_seconds: float, fine_tune_epochs: float, epochs: float) -> float:
-    """About how long a shape's chain trains: the fine-tune's time scaled to its epochs and depth, twice with pruning
-    (distillation, then the pruning recovery), plus a minute for the int8 race."""
-    one_pass = fine_tune_seconds * epochs / fine_tune_epochs * shape.layers / depth
-    return one_pass * ((shape.layers < depth) + bool(shape.heads_fraction or shape.ffn_fraction)) + 60
+def training_seconds(share: float, fine_tune: float, fine_tune_passes: int, rows: int, epochs: float, teacher_read: bool) -> float:
+    """About how long a shape's chain takes, from the fine-tune's time (`fine_tune` seconds for `fine_tune_passes` texts
+    trained, epochs counted): `rows` texts trained `epochs` times at the shape's `share` of the fine-tuned model's compute
+    (the ratio of their priced throughputs), the teacher's soft targets on them (a forward pass, about a quarter of a
+    training step; kept on disk, so only the first candidate reads them), plus a minute for the int8 race."""
+    per_text = fine_tune / fine_tune_passes
+    return per_text * rows * epochs * share + (0 if teacher_read else per_text / 4 * rows) + 60

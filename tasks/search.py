@@ -71,15 +71,16 @@ def search(
     priced = price_search(baseline, s, data, cfg.evaluate.threads, usd_per_hour(cfg), paths, parent_run)
     shapes = {name: Shape(*spec) for name, spec in priced.shapes.items()}
     floor = _baseline_val_f1(baseline) - cfg.select.tolerance
-    full = depth(store.model_dir(baseline, paths))
+    rows, passes = _rows(cfg, data, paths)
     bisection = Bisection(order({shapes[n]: v for n, v in priced.predicted_per_s.items()}, priced.anchor_per_s))
     variants: list[Variant] = []
     while (shape := bisection.next()) is not None:
-        needs = training_seconds(shape, full, baseline.seconds, cfg.finetune.epochs, s.epochs)
+        share = priced.anchor_per_s / priced.predicted_per_s[shape.name]
+        needs = training_seconds(share, baseline.seconds, passes, rows, s.epochs, teacher_read=bool(variants))
         if time.monotonic() - started + needs > s.budget_minutes * 60:
             variants.append(Variant(name=shape.name, model=None, status="skipped", reason=_out_of_budget(s, started, variants, needs)))
             break
-        variant = build_variant(shape.name, chain(shape.name, shape.steps(full, s)), baseline, data, cfg, paths, parent_run, run_step)
+        variant = build_variant(shape.name, chain(shape.name, shape.steps(s)), baseline, data, cfg, paths, parent_run, run_step)
         variants.append(variant)
         bisection.record(shape, variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor)
     return variants, priced
@@ -88,6 +89,14 @@ def search(
 def usd_per_hour(cfg: RunConfig) -> float:
     """The serving instance's price (evaluate.instance in configs/hardware.yaml)."""
     return load_hardware()[cfg.evaluate.instance].usd_per_hour
+
+
+def _rows(cfg: RunConfig, data: DataRef, paths: ProjectPaths) -> tuple[int, int]:
+    """Texts each candidate trains on (the fine-tune's labelled rows plus the transfer rows), and the texts the fine-tune
+    trained, epochs counted (its time per text scales a candidate's time)."""
+    train = len(pd.read_parquet(store.data_dir(data, paths) / "train.parquet", columns=["label"]))
+    labelled = min(train, cfg.finetune.max_rows or train)
+    return min(train, labelled + cfg.compress.search.transfer_rows), round(labelled * cfg.finetune.epochs)
 
 
 def _baseline_val_f1(baseline: ModelRef) -> float:

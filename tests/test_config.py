@@ -13,7 +13,7 @@ from ml.compress.plan import plan
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(name)
     assert cfg.name == name
-    assert "int8-dynamic" in cfg.compress.variants
+    assert "int8" in cfg.compress.variants
     assert cfg.flat()["data.labels"] == '["negative", "neutral", "positive"]'
 
 

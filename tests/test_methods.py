@@ -75,6 +75,39 @@ def test_pruning_shrinks_tensor_shapes(baseline: Variant, ctx, tmp_path: Path) -
     assert layer.intermediate.dense.out_features == original.intermediate.dense.out_features // 2
 
 
+def test_distillation_into_a_pruned_shape_trains_once_and_shrinks_every_kept_layer(baseline: Variant, ctx, tmp_path: Path) -> None:
+    options = {"layers": 1, "heads_fraction": 0.5, "ffn_fraction": 0.5, "importance_batches": 2, "epochs": 1}
+    report = get_method("distill").from_config(options).apply(baseline.model_dir, tmp_path / "d", ctx)
+    layers = load_torch(tmp_path / "d").bert.encoder.layer
+    original = load_torch(baseline.model_dir).bert.encoder.layer[0]
+    assert len(layers) == 1 and layers[0].attention.self.query.out_features == original.attention.self.query.out_features // 2
+    assert layers[0].intermediate.dense.out_features == original.intermediate.dense.out_features // 2
+    assert report.params["heads_per_layer"] == [original.attention.self.num_attention_heads // 2] and report.params["train_steps"] > 0
+    assert Manifest.load(tmp_path / "d").lineage[-1] == "distill-1L-h50-f50"
+
+
+def test_the_cut_keeps_the_highest_scoring_heads_and_neurons(baseline: Variant) -> None:
+    import torch
+
+    from ml.compress.importance import cut
+    from ml.families import family_of
+
+    model = load_torch(baseline.model_dir)
+    family, layer = family_of(model, "test"), model.bert.encoder.layer[0]
+    heads, width = layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features
+    query, neurons = layer.attention.self.query.weight.detach().clone(), layer.intermediate.dense.weight.detach().clone()
+    head_scores, neuron_scores = torch.arange(heads, dtype=torch.float), -torch.arange(width, dtype=torch.float)
+    cut(model, family, [(head_scores, neuron_scores)] * len(family.layers(model)), 0.5, 0.5)
+    d = query.shape[0] // heads  # the last heads score highest, the first neurons
+    assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, query[(heads - heads // 2) * d :])
+    assert torch.equal(model.bert.encoder.layer[0].intermediate.dense.weight, neurons[: width // 2])
+
+
+def test_distillation_refuses_two_ways_of_narrowing_the_ffn() -> None:
+    with pytest.raises(ValueError, match="intermediate_size .* or ffn_fraction .* not both"):
+        get_method("distill").from_config({"layers": 1, "intermediate_size": 32, "ffn_fraction": 0.5})
+
+
 def test_onnx_export_matches_pytorch(baseline: Variant, smoke_splits: Splits, ctx, tmp_path: Path) -> None:
     report = get_method("onnx_export").from_config({}).apply(baseline.model_dir, tmp_path / "onnx", ctx)
     assert report.metrics["onnx_max_abs_diff"] < FP32_MAX_ABS_DIFF
@@ -132,8 +165,9 @@ def test_a_chain_logs_each_step_and_its_lineage(
         StepConfig(method="prune", recovery_epochs=0),
         StepConfig(method="onnx_int8"),
     ]
-    result = build_variant("chain", chain("chain", steps),
-                           baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn)
+    result = build_variant(
+        "chain", chain("chain", steps), baseline.ref, smoke_splits.ref, smoke_cfg, store, parent_run, run_step=compress_step.fn
+    )
     assert result.status == "ok", result.reason
     mlc = mlflow_client()
     assert result.steps[0] == baseline.run_id and len(result.steps) == 4

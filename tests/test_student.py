@@ -24,7 +24,8 @@ from frugal.runtime import Tokenize, load_predictor
 from frugal.runtime.formats.torch import count_params, load_torch, save_hf
 from frugal.runtime.manifest import Manifest
 from ml.compress import get_method
-from ml.compress.methods.student import PROJECTION, layer_pairs
+from ml.compress.methods.student import PROJECTION
+from ml.compress.transfer import layer_pairs
 from ml.modeling import embedded_model_path
 from ml.training import predict_logits
 from tasks.compress import StepSettings, context

@@ -49,6 +49,7 @@ class SearchConfig(Strict):
     ffn_fractions: list[float] = Field(min_length=1, description="Shares of feed-forward neurons pruned per layer (0 = none).")
     epochs: float = Field(gt=0, description="Training epochs of each candidate's distillation (and pruning recovery).")
     transfer_rows: int = Field(ge=0, description="Extra train rows, labels hidden, each candidate learns the teacher's soft targets on.")
+    learning_rate: float | None = Field(gt=0, description="Each candidate's distillation learning rate; null = the fine-tuning rate.")
     price_texts: int = Field(ge=32, description="Test texts each untrained candidate is timed on to price it.")
 
     @field_validator("heads_fractions", "ffn_fractions")

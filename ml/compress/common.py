@@ -14,8 +14,9 @@ from frugal.errors import SkipVariant
 from frugal.runtime import Tokenize
 from frugal.runtime.manifest import Manifest
 from ml.compress.base import CompressContext, MethodOptions, StepReport
+from ml.compress.transfer import cached_teacher_view, intermediate_loss, layer_pairs
 from ml.data import labelled_rows
-from ml.training import UNLABELLED, LossFn, TrainResult, precision_problem, predict_logits, resolve_device, train
+from ml.training import UNLABELLED, LossFn, TrainResult, precision_problem, resolve_device, train
 
 if TYPE_CHECKING:
     import torch
@@ -83,11 +84,6 @@ def check_training_precision(options: MethodOptions, train: TrainConfig) -> None
         training_settings(train, precision=options.precision)
 
 
-def soft_targets(teacher: torch.nn.Module, tokenize: Tokenize, texts: list[str], device: str) -> np.ndarray:
-    """The teacher's logits on every training text, computed once before the student trains."""
-    return predict_logits(teacher.to(device), tokenize, texts, device)
-
-
 def distillation_loss(teacher_logits: np.ndarray, temperature: float, alpha: float) -> LossFn:
     """alpha * KL(student || teacher) at temperature T (scaled by T^2) + (1 - alpha) * cross-entropy on labels."""
     import torch
@@ -126,20 +122,35 @@ def train_with_teacher(
     alpha: float,
     desc: str,
     transfer_rows: int = 0,
+    hidden_weight: float = 0.0,
 ) -> TrainResult:
-    """Train `student` on the labelled rows, distilling from `teacher` (also on `transfer_rows` unlabelled rows) when given."""
+    """Train `student` on the labelled rows, distilling from `teacher` (also on `transfer_rows` unlabelled rows) when given;
+    with `hidden_weight`, each student layer's pooled hidden state also matches its teacher layer's (same width: a student
+    cut from the teacher)."""
     manifest = Manifest.load(src)
     tokenize = Tokenize(src, manifest.max_length)
     train_df, val_df = labelled_train(ctx), val_split(ctx)
-    loss = None
+    loss, extra = None, None
     if teacher is not None and alpha > 0:
         train_df = with_transfer_rows(train_df, ctx, transfer_rows)
-        logits = soft_targets(teacher, tokenize, list(train_df["text"]), resolve_device(cfg.device))
-        loss = distillation_loss(logits, temperature, alpha)
+        hidden = hidden_weight > 0
+        pairs = layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers) if hidden else []
+        texts, device = list(train_df["text"]), resolve_device(cfg.device)
+        view = cached_teacher_view(ctx.scratch / "teacher", src, teacher, tokenize, texts, device, [t for _, t in pairs], hidden)
+        loss = distillation_loss(view.logits, temperature, alpha)
+        if hidden:
+            extra = intermediate_loss(view, pairs, [_identity()] * len(pairs), hidden_weight)
     return train(
         student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed,
         checkpoint_dir=ctx.checkpoint, resume_key=ctx.checkpoint.name if ctx.checkpoint else "", loss_fn=loss, desc=desc,
+        outputs_loss=extra,
     )  # fmt: skip
+
+
+def _identity() -> Any:
+    import torch
+
+    return torch.nn.Identity()
 
 
 def training_report(result: TrainResult, total: int, **params: Any) -> StepReport:

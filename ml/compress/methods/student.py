@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,8 +30,9 @@ from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import save_model
 from ml.compress import common
 from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
+from ml.compress.transfer import TeacherView, intermediate_loss, layer_pairs, teacher_view
 from ml.families import family_of, kept_layers
-from ml.modeling import load_pretrained, load_tokenizer, mean_pool, save_tokenizer
+from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
 
 if TYPE_CHECKING:
@@ -72,49 +72,6 @@ class StudentOptions(common.TrainingOptions):
     learning_rate: float | None = Field(None, gt=0, description="Learning rate; null = the fine-tuning rate.")
 
 
-def layer_pairs(student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
-    """(student layer, teacher layer) pairs, 0-based: each layer of the shallower model with an evenly spaced one of the other."""
-    if student_depth <= teacher_depth:
-        return list(enumerate(kept_layers(teacher_depth, student_depth)))
-    return [(s, t) for t, s in enumerate(kept_layers(student_depth, teacher_depth))]
-
-
-@dataclass
-class TeacherView:
-    """What the student learns from, computed once per text before it trains."""
-
-    logits: np.ndarray  # [rows, labels]
-    hidden: np.ndarray | None  # [rows, pairs, teacher width]: mean-pooled hidden states of the mapped layers
-    attention: list[np.ndarray] | None  # per row [pairs, tokens, tokens]: head-averaged attention of the mapped layers
-
-
-def teacher_view(
-    model: Any, tokenize: Tokenize, texts: list[str], device: str, layers: list[int], hidden: bool, attention: bool
-) -> TeacherView:
-    """Logits, and for `layers` the pooled hidden states and attention maps (cut to each text's tokens), in `texts` order."""
-    import torch
-
-    logits, pooled, maps = [], [], []
-    model.to(device).eval()
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    with torch.inference_mode():
-        for start in range(0, len(texts), 32):
-            batch = {k: torch.from_numpy(v).to(device) for k, v in tokenize([texts[i] for i in order[start : start + 32]]).items()}
-            out = model(**batch, output_hidden_states=hidden, output_attentions=attention)
-            logits.append(out.logits.float().cpu().numpy())
-            if hidden:
-                pooled.append(torch.stack([mean_pool(out.hidden_states[t + 1].float(), batch["attention_mask"]) for t in layers], 1))
-            if attention:
-                heads = torch.stack([out.attentions[t].float().mean(1) for t in layers], 1).cpu().numpy()  # [batch, pairs, L, L]
-                maps += [m[:, :n, :n] for m, n in zip(heads, batch["attention_mask"].sum(1).tolist(), strict=True)]
-    back = np.argsort(order, kind="stable")  # sorted position of each original row
-    return TeacherView(
-        np.concatenate(logits)[back],
-        torch.cat(pooled).cpu().numpy()[back] if hidden else None,
-        [maps[i] for i in back] if attention else None,
-    )
-
-
 def is_causal(maps: list[np.ndarray]) -> bool:
     """Attention maps with no weight above the diagonal: a decoder's, which never looks at later tokens."""
     return all(float(np.triu(m, k=1).sum()) < 1e-6 for m in maps)
@@ -128,34 +85,6 @@ def same_tokenizer(a: Path, b: Path) -> bool:
         return {k: v for k, v in spec.items() if k not in ("padding", "truncation")}
 
     return read(a) == read(b)
-
-
-def intermediate_loss(view: TeacherView, pairs: list[tuple[int, int]], projections: Any, weight: float) -> OutputsLoss:
-    """MSE of layer-normalised pooled hidden states and/or KL of attention maps, averaged over the layer pairs."""
-    import torch
-    import torch.nn.functional as F
-
-    hidden = torch.from_numpy(view.hidden) if view.hidden is not None else None
-
-    def loss(outputs: Any, batch: dict[str, torch.Tensor], idx: np.ndarray) -> torch.Tensor:
-        mask, total = batch["attention_mask"], torch.zeros((), device=batch["attention_mask"].device)
-        rows = torch.from_numpy(np.asarray(idx))
-        for p, (s, _) in enumerate(pairs):
-            if hidden is not None:
-                target = hidden[rows, p].to(mask.device)
-                mine = projections[p](mean_pool(outputs.hidden_states[s + 1].float(), mask))
-                total = total + F.mse_loss(F.layer_norm(mine, mine.shape[-1:]), F.layer_norm(target, target.shape[-1:]))
-            if view.attention is not None:
-                mine = outputs.attentions[s].float().mean(1)  # [batch, L, L]
-                target = torch.zeros_like(mine)
-                for b, i in enumerate(idx):
-                    n = view.attention[i].shape[-1]
-                    target[b, :n, :n] = torch.from_numpy(view.attention[i][p])
-                kl = torch.where(target > 0, target * (target.clamp(min=1e-12).log() - mine.clamp(min=1e-12).log()), 0.0)
-                total = total + kl.sum() / mask.sum()  # mean KL per real query token
-        return weight * total / len(pairs)
-
-    return OutputsLoss(loss, hidden_states=hidden is not None, attentions=view.attention is not None)
 
 
 @register
