@@ -88,6 +88,90 @@ def interleaved_lines(pairs: list[tuple[float, float]]) -> list[str]:
     ]
 
 
+# The receipts' steps, in order: (variant, what it is); a variant the config lacks is left out. The last is the champion.
+RECEIPTS = (
+    ("baseline", "PyTorch eager fp32: the fine-tuned model"),
+    ("ort-fp32", "ONNX Runtime fp32: export only"),
+    ("openvino-fp32", "OpenVINO fp32: export only"),
+    ("int8", "int8 of the fine-tuned model: the fastest of ONNX Runtime dynamic/static and OpenVINO static"),
+)
+
+
+PEER_ENV = ROOT / ".frugal" / "envs" / "peer"  # benchmarks/peer-env.sh makes it
+PEER_CALIBRATION = 300  # train texts, as the OpenVINO recipe the issue measured
+PEER_MIN_RATIO = 3.0
+
+
+def peer(baseline_dir: Path, data_dir: Path, cfg, labels: list[str], seed: int) -> dict[str, float] | str:
+    """The peer recipe (benchmarks/peer.py, in its own environment) on the fine-tuned model, measured as evaluation measures a
+    variant: its metrics, or why it was not run."""
+    import json
+    import shutil
+    import tempfile
+
+    import pandas as pd
+
+    from frugal.runtime.manifest import Manifest, copy_tokenizer
+    from ml.quality import quality
+    from tasks.evaluate import run_measurement
+
+    python = PEER_ENV / "bin" / "python"
+    if not python.is_file():
+        return f"skipped: the peer environment {PEER_ENV} does not exist (make it with benchmarks/peer-env.sh)"
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration, out = Path(tmp) / "calibration.json", Path(tmp) / "peer"
+        train = pd.read_parquet(data_dir / "train.parquet")
+        calibration.write_text(json.dumps(list(train.sample(n=PEER_CALIBRATION, random_state=seed)["text"])))
+        made = subprocess.run([str(python), str(ROOT / "benchmarks" / "peer.py"), str(baseline_dir), str(calibration), str(out)],
+                              capture_output=True, text=True)  # fmt: skip
+        if made.returncode != 0:
+            return f"failed: {made.stderr.strip().splitlines()[-1] if made.stderr.strip() else made.returncode}"
+        record = json.loads((out / "peer.json").read_text())
+        Manifest.load(baseline_dir).derive(format="openvino", dtype="int8", lineage=["peer"]).save(out)
+        copy_tokenizer(baseline_dir, out)  # frugal's harness reads it: same tokenizer, same texts, same batches
+        measured = run_measurement(out, data_dir / "test.parquet", cfg)
+        shutil.rmtree(out)
+    truth = list(pd.read_parquet(data_dir / "test.parquet")["label"])
+    predicted = [labels[i] for i in measured["predicted"]]
+    return {**measured["metrics"], **quality(truth, predicted, labels), "peer_seconds": record["seconds"],
+            "recipe": record["recipe"], "versions": record["versions"]}  # fmt: skip
+
+
+def peer_lines(found: dict[str, float] | str, champion: dict[str, float], baseline: dict[str, float], per_hour: float) -> list[str]:
+    """The peer beside the champion: the champion's throughput against the peer's, and the >= 3x target."""
+    from frugal.pricing import usd_per_1m
+
+    if isinstance(found, str):
+        return [f"Peer recipe (optimum-intel export + NNCF static int8 of the fine-tuned model): {found}"]
+    ratio = champion["throughput_per_s"] / found["throughput_per_s"]
+    status = "met" if ratio >= PEER_MIN_RATIO else f"MISSED by {PEER_MIN_RATIO / ratio:.2f}x"
+    versions = ", ".join(f"{k} {v}" for k, v in found["versions"].items())
+    return [
+        f"Peer recipe, run by this benchmark in its own environment ({versions}): {found['recipe']}, "
+        f"{PEER_CALIBRATION} train texts to calibrate, on the fine-tuned model; measured by frugal's harness like every row.",
+        f"- peer {found['throughput_per_s']:.0f} texts/s (${usd_per_1m(found['throughput_per_s'], per_hour):.4f}/1M), "
+        f"macro-F1 {found['macro_f1']:.4f} ({100 * found['macro_f1'] / baseline['macro_f1']:.2f} % of the baseline's); "
+        f"champion {champion['throughput_per_s']:.0f} texts/s: {ratio:.2f}x the peer; target >= {PEER_MIN_RATIO:g}x: {status}",
+    ]
+
+
+def receipts_lines(runs: dict[str, object], champion: str) -> list[str]:
+    """Each step's texts/s and $/1M against eager fp32 and against the step before: what an export tool gives, what frugal adds."""
+    steps = [(n, what) for n, what in RECEIPTS if n in runs]
+    if champion not in dict(steps):
+        steps.append((champion, "the champion: " + runs[champion].data.tags.get("steps", champion)))
+    base = runs["baseline"].data.metrics
+    lines = ["| step | variant | texts/s | $/1M | x eager fp32 | x step before | macro-F1 retained |", "|---|---|---|---|---|---|---|"]
+    before = base
+    for name, what in steps:
+        m = runs[name].data.metrics
+        usd = m["usd_per_1m"]
+        lines.append(f"| {what} | {name} | {m['throughput_per_s']:.0f} | {usd:.4f} | {base['usd_per_1m'] / usd:.2f} | "
+                     f"{before['usd_per_1m'] / usd:.2f} | {100 * m['macro_f1'] / base['macro_f1']:.2f} % |")  # fmt: skip
+        before = m
+    return ["Receipts: each step side by side in this run (x = lower $/1M):", "", *lines]
+
+
 def verdicts(champion: dict[str, float], baseline: dict[str, float]) -> list[str]:
     lines = []
     for metric, what, goal in TARGETS:
@@ -143,6 +227,11 @@ def main() -> int:
         store.resolve(runs[selection.champion.variant].data.tags["model_uri"], paths),
         version_folder(result.data_hash, paths) / "test.parquet", evaluate,
     )  # fmt: skip
+    from frugal.config import load_hardware
+
+    per_hour = load_hardware()[evaluate.instance].usd_per_hour
+    found = peer(store.resolve(runs["baseline"].data.tags["model_uri"], paths), version_folder(result.data_hash, paths), evaluate,
+                 cfg.data.labels, cfg.seed)  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = "\n".join(
         [
@@ -159,6 +248,10 @@ def main() -> int:
             *verdicts(selection.champion.metrics, selection.baseline.metrics),
             "",
             *interleaved_lines(pairs),
+            "",
+            *receipts_lines(runs, selection.champion.variant),
+            "",
+            *peer_lines(found, selection.champion.metrics, selection.baseline.metrics, per_hour),
             "",
             f"Frontier at >= 99 % of the baseline's macro-F1 (cheapest first), with cascades: {frontier_99(runs, base_f1, set())}",
             "",

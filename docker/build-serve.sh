@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the serving image (docker/serve.Dockerfile) for one ONNX champion:
+# Builds the serving image (docker/serve.Dockerfile) for one champion in the onnx or openvino format:
 #   docker/build-serve.sh models:/frugal-default@champion   # a registry alias (or models:/NAME/VERSION)
 #   docker/build-serve.sh path/to/bundle                    # a bundle folder (tasks/package.py's layout) or a model folder
 # and prints the image's size. The alias is resolved once: the image serves that version for good.
@@ -80,7 +80,8 @@ else
     exit 2
 fi
 
-# The image has onnxruntime and no torch: refuse any other model format here, not at container start.
+# The image has the model's runtime (docker/serve-runtime-<format>.txt) and no torch: refuse a format without one
+# here, not at container start.
 model_dir=$ctx/bundle/artifacts/model
 [[ -d $model_dir ]] || model_dir=$ctx/bundle
 if [[ ! -f $model_dir/frugal.json ]]; then
@@ -88,9 +89,11 @@ if [[ ! -f $model_dir/frugal.json ]]; then
     exit 1
 fi
 format=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["format"])' "$model_dir/frugal.json")
-if [[ $format != onnx ]]; then
-    echo "build-serve: $model_source is a '$format' model; this image serves ONNX models only (it has no torch)." >&2
-    echo "  Fix: serve it with \`frugal serve\` where torch is installed, or make an ONNX variant (onnx_export, onnx_int8) the champion." >&2
+runtime=$here/serve-runtime-$format.txt
+if [[ ! -f $runtime ]]; then
+    formats=$(cd "$here" && ls serve-runtime-*.txt | sed 's/serve-runtime-//; s/\.txt//' | paste -sd, -)
+    echo "build-serve: $model_source is a '$format' model; this image serves the formats $formats only (it has no torch)." >&2
+    echo "  Fix: serve it with \`frugal serve\` where torch is installed, or make an int8 variant (int8, onnx_int8, openvino) the champion." >&2
     exit 1
 fi
 
@@ -102,6 +105,7 @@ fi
 cp "$repo/configs/serve.yaml" "$ctx/app/configs/serve.yaml"
 cp "$here/serve-image.yaml" "$ctx/app/configs/image.yaml"
 cp "$here/serve-requirements.txt" "$ctx/requirements/serve.txt"
+cp "$runtime" "$ctx/requirements/runtime.txt"
 cp "$repo/requirements/lock.txt" "$ctx/requirements/lock.txt"
 cp "$here/serve.Dockerfile" "$ctx/Dockerfile"
 if [[ -n $CA_DIR && -d $CA_DIR ]]; then

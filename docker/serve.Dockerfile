@@ -1,5 +1,6 @@
-# Serving image for an ONNX champion: `frugal serve` (API keys, plans, metering, feedback,
-# /metrics; README "Serving") on onnxruntime + tokenizers, without torch, transformers or MLflow.
+# Serving image for an ONNX or OpenVINO champion: `frugal serve` (API keys, plans, metering, feedback,
+# /metrics; README "Serving") on the model's runtime (onnxruntime or openvino) + tokenizers, without
+# torch, transformers or MLflow.
 #   docker/build-serve.sh models:/frugal-default@champion         # or a bundle folder -> frugal/serve:local
 #   docker run -d --name frugal-serve -p 127.0.0.1:8000:8000 -v frugal-serve:/var/lib/frugal frugal/serve:local
 #   docker exec frugal-serve frugal keys create --name me --plan free
@@ -7,7 +8,8 @@
 # The build context is a folder docker/build-serve.sh assembles (this file alone cannot build it):
 #   bundle/        the champion's bundle (tasks/package.py): the model folder is bundle/artifacts/model
 #   app/           the frugal/ package and configs/serve.yaml + configs/image.yaml (docker/serve-image.yaml)
-#   requirements/  serve.txt (docker/serve-requirements.txt) and lock.txt (requirements/lock.txt)
+#   requirements/  serve.txt (docker/serve-requirements.txt), runtime.txt (docker/serve-runtime-<format>.txt)
+#                  and lock.txt (requirements/lock.txt)
 #   certs/         extra CA certificates pip must trust (FRUGAL_EXTRA_CA_DIR), often none
 # The image serves the baked-in bundle as a folder: no registry, so GET /v1/model has no measured
 # figures and metering records a cost of 0 (README "The model"). Keys, usage and feedback live in
@@ -28,7 +30,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
 # lock as constraints pins their dependencies too; `pip check` proves the set is complete.
 COPY requirements/ /opt/frugal/requirements/
 RUN python3 -m venv /opt/venv \
- && pip install -q -r /opt/frugal/requirements/serve.txt -c /opt/frugal/requirements/lock.txt \
+ && pip install -q -r /opt/frugal/requirements/serve.txt -r /opt/frugal/requirements/runtime.txt \
+      -c /opt/frugal/requirements/lock.txt \
  && pip check
 
 # The code on PYTHONPATH rather than installed: the project's metadata names the whole training

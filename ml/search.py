@@ -142,7 +142,8 @@ class Bisection:
 def training_seconds(share: float, fine_tune: float, fine_tune_passes: int, rows: int, epochs: float, teacher_read: bool) -> float:
     """About how long a shape's chain takes, from the fine-tune's time (`fine_tune` seconds for `fine_tune_passes` texts
     trained, epochs counted): `rows` texts trained `epochs` times at the shape's `share` of the fine-tuned model's compute
-    (the ratio of their priced throughputs), the teacher's soft targets on them (a forward pass, about a quarter of a
-    training step; kept on disk, so only the first candidate reads them), plus a minute for the int8 race."""
+    (the ratio of their priced throughputs), the teacher's soft targets on them (a forward pass without the val checks:
+    about a fifth of the fine-tune's time per text, 6 vs 29 ms on a 2-core EPYC; kept on disk, so only the first candidate
+    reads them), plus a minute for the int8 race. It errs long: the fine-tune's time includes its val checks."""
     per_text = fine_tune / fine_tune_passes
-    return per_text * rows * epochs * share + (0 if teacher_read else per_text / 4 * rows) + 60
+    return per_text * rows * epochs * share + (0 if teacher_read else per_text / 5 * rows) + 60

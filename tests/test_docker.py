@@ -324,10 +324,19 @@ def _pins(text: str) -> dict[str, str]:
 
 
 def test_serve_image_requirements_pin_the_locks_versions() -> None:
+    """The common part and each format's runtime (docker/serve-runtime-<format>.txt) pin the lock's versions; the image
+    for a format carries that format's runtime alone, and never the training stack."""
     serve, lock = _pins((DOCKER_DIR / "serve-requirements.txt").read_text()), _pins(LOCK.read_text())
-    assert {"onnxruntime", "tokenizers", "fastapi", "uvicorn", "sqlalchemy", "alembic"} <= set(serve)
-    assert {name: (version, lock.get(name)) for name, version in serve.items() if lock.get(name) != version} == {}
-    assert not {"torch", "transformers", "mlflow"} & set(serve), "the serving image must stay without the training stack"
+    runtimes = {f.stem.removeprefix("serve-runtime-"): _pins(f.read_text()) for f in DOCKER_DIR.glob("serve-runtime-*.txt")}
+    assert {"tokenizers", "fastapi", "uvicorn", "sqlalchemy", "alembic"} <= set(serve) and not {"onnxruntime", "openvino"} & set(serve)
+    from frugal.runtime.registry import get_format
+
+    assert set(runtimes) == {"onnx", "openvino"}
+    for name, pins in runtimes.items():  # what the format itself declares it needs to serve, beyond the common part
+        assert set(pins) == {p.lower() for p in get_format(name).packages} - set(serve), name
+    for pins in (serve, *runtimes.values()):
+        assert {name: (version, lock.get(name)) for name, version in pins.items() if lock.get(name) != version} == {}
+        assert not {"torch", "transformers", "mlflow"} & set(pins), "the serving image must stay without the training stack"
 
 
 @pytest.fixture(scope="module")
