@@ -164,7 +164,9 @@ def race(folders: list[Path], texts: list[str], threads: int, passes: int = 3) -
     """Median texts/s of each model folder on `texts`, passes interleaved so every candidate sees the same machine noise."""
     predictors = [load_predictor(folder, threads=threads) for folder in folders]
     for predictor in predictors:
-        predictor.predict_proba(texts[:32])  # warm-up: first calls allocate and pick kernels
+        # Warm-up on every text: the first call at each batch shape allocates and picks kernels (OpenVINO compiles for it),
+        # so timing a first pass made the pricing's predictions 1.6-1.9x too dear (docs/search.md).
+        predictor.predict_proba(texts)
     timings: list[list[float]] = [[] for _ in predictors]
     for _ in range(passes):
         for predictor, runs in zip(predictors, timings, strict=True):
