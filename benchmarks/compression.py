@@ -159,7 +159,7 @@ def receipts_lines(runs: dict[str, object], champion: str) -> list[str]:
     """Each step's texts/s and $/1M against eager fp32 and against the step before: what an export tool gives, what frugal adds."""
     steps = [(n, what) for n, what in RECEIPTS if n in runs]
     if champion not in dict(steps):
-        steps.append((champion, "the champion: " + runs[champion].data.tags.get("steps", champion)))
+        steps.append((champion, "the champion (the search's distilled, pruned student through int8, or the variant that won)"))
     base = runs["baseline"].data.metrics
     lines = ["| step | variant | texts/s | $/1M | x eager fp32 | x step before | macro-F1 retained |", "|---|---|---|---|---|---|---|"]
     before = base
