@@ -209,13 +209,6 @@ class ModernBert(Family):
         return notes
 
 
-def kept_layers(teacher_depth: int, student_depth: int) -> list[int]:
-    """Evenly spaced teacher layers, the last of each block: 6 -> 3 keeps [1, 3, 5]."""
-    if student_depth > teacher_depth:
-        raise ValueError(f"a {student_depth}-layer student cannot come from a {teacher_depth}-layer teacher")
-    return [round((i + 1) * teacher_depth / student_depth) - 1 for i in range(student_depth)]
-
-
 FAMILIES: tuple[Family, ...] = (Family(), DistilBert(), Roberta(), DebertaV2(), Electra(), ModernBert())
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from ml.families import Family, Proj, family_of, kept_layers
+from ml.compress.transfer import kept_layers
+from ml.families import Family, Proj, family_of
 
 if TYPE_CHECKING:
     import torch

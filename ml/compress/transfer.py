@@ -16,12 +16,18 @@ import numpy as np
 
 from frugal.hashing import digest
 from frugal.runtime import Tokenize
-from ml.families import kept_layers
 from ml.modeling import mean_pool
 from ml.training import OutputsLoss
 
 if TYPE_CHECKING:
     import torch
+
+
+def kept_layers(teacher_depth: int, student_depth: int) -> list[int]:
+    """Evenly spaced teacher layers, the last of each block: 6 -> 3 keeps [1, 3, 5]."""
+    if student_depth > teacher_depth:
+        raise ValueError(f"a {student_depth}-layer student cannot come from a {teacher_depth}-layer teacher")
+    return [round((i + 1) * teacher_depth / student_depth) - 1 for i in range(student_depth)]
 
 
 def layer_pairs(student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:

@@ -22,7 +22,8 @@ from ml.compress.base import TORCH_FORMATS, CompressContext, TorchMethod, regist
 from ml.compress.common import TrainingOptions, labelled_train, train_config, train_with_teacher, training_report
 from ml.compress.importance import cut, shape_params, taylor_scores
 from ml.compress.structure import make_student
-from ml.families import family_of, kept_layers
+from ml.compress.transfer import kept_layers
+from ml.families import family_of
 
 
 class DistillOptions(TrainingOptions):

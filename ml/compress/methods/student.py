@@ -30,8 +30,8 @@ from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import save_model
 from ml.compress import common
 from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
-from ml.compress.transfer import TeacherView, intermediate_loss, layer_pairs, teacher_view
-from ml.families import family_of, kept_layers
+from ml.compress.transfer import TeacherView, intermediate_loss, kept_layers, layer_pairs, teacher_view
+from ml.families import family_of
 from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
 
