@@ -26,9 +26,10 @@ from frugal.config import SearchConfig, StepConfig
 from frugal.runtime.formats.torch import load_torch, torch_format
 from frugal.runtime.manifest import Manifest, copy_tokenizer
 from frugal.runtime.registry import save_model
+from ml.compress.importance import cut
 from ml.compress.onnx import race
 from ml.compress.quantize import openvino_folder, ort_folder
-from ml.compress.structure import make_student, prune_ffn, prune_heads, sync_ffn_config, top
+from ml.compress.structure import make_student, shape_suffix
 from ml.families import family_of
 
 CALIBRATION = 32  # texts an untrained shape's static int8 is calibrated on: ranges do not change its speed
@@ -42,10 +43,7 @@ class Shape:
 
     @property
     def name(self) -> str:
-        pruned = (f"-h{round(100 * self.heads_fraction)}" if self.heads_fraction else "") + (
-            f"-f{round(100 * self.ffn_fraction)}" if self.ffn_fraction else ""
-        )
-        return f"search-{self.layers}L{pruned}"
+        return f"search-{self.layers}L{shape_suffix(self.heads_fraction, self.ffn_fraction)}"
 
     def steps(self, cfg: SearchConfig) -> list[StepConfig]:
         """The chain that makes this shape from the fine-tuned model: one distillation into the shape (its layers kept, its
@@ -71,14 +69,9 @@ def untrained(teacher: Any, shape: Shape) -> Any:
     depth = len(family.layers(teacher))
     model = make_student(teacher, shape.layers, None, "search")[0] if shape.layers < depth else copy.deepcopy(teacher)
     d = family.head_dim(model)
-    for layer in family.layers(model):
-        if shape.heads_fraction:
-            heads = family.heads(layer, d)
-            kept = family.allowed_heads(model, max(1, round(heads * (1 - shape.heads_fraction))))
-            prune_heads(model, family, layer, top(torch.arange(heads, dtype=torch.float), count=kept))
-        if shape.ffn_fraction:
-            prune_ffn(family, layer, top(torch.arange(family.ffn_width(layer), dtype=torch.float), shape.ffn_fraction))
-    sync_ffn_config(model, family)
+    arbitrary = [(torch.arange(family.heads(layer, d), dtype=torch.float), torch.arange(family.ffn_width(layer), dtype=torch.float))
+                 for layer in family.layers(model)]  # fmt: skip
+    cut(model, family, arbitrary, shape.heads_fraction, shape.ffn_fraction)
     return model.eval()
 
 

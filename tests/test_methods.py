@@ -86,6 +86,17 @@ def test_distillation_into_a_pruned_shape_trains_once_and_shrinks_every_kept_lay
     assert Manifest.load(tmp_path / "d").lineage[-1] == "distill-1L-h50-f50"
 
 
+def test_the_hidden_state_loss_changes_what_the_student_learns(baseline: Variant, ctx, tmp_path: Path) -> None:
+    """hidden_weight adds each layer's pooled hidden state to the logit loss: same seed and steps, other weights."""
+    import torch
+
+    for weight in (0.0, 1.0):
+        options = {"layers": 1, "epochs": 1, "hidden_weight": weight}
+        get_method("distill").from_config(options).apply(baseline.model_dir, tmp_path / str(weight), ctx)
+    plain, hidden = (load_torch(tmp_path / w).bert.encoder.layer[0].output.dense.weight for w in ("0.0", "1.0"))
+    assert not torch.equal(plain, hidden)
+
+
 def test_the_cut_keeps_the_highest_scoring_heads_and_neurons(baseline: Variant) -> None:
     import torch
 

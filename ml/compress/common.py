@@ -139,18 +139,12 @@ def train_with_teacher(
         view = cached_teacher_view(ctx.scratch / "teacher", src, teacher, tokenize, texts, device, [t for _, t in pairs], hidden)
         loss = distillation_loss(view.logits, temperature, alpha)
         if hidden:
-            extra = intermediate_loss(view, pairs, [_identity()] * len(pairs), hidden_weight)
+            extra = intermediate_loss(view, pairs, [lambda pooled: pooled] * len(pairs), hidden_weight)  # same width: no projection
     return train(
         student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed,
         checkpoint_dir=ctx.checkpoint, resume_key=ctx.checkpoint.name if ctx.checkpoint else "", loss_fn=loss, desc=desc,
         outputs_loss=extra,
     )  # fmt: skip
-
-
-def _identity() -> Any:
-    import torch
-
-    return torch.nn.Identity()
 
 
 def training_report(result: TrainResult, total: int, **params: Any) -> StepReport:

@@ -90,6 +90,11 @@ def sync_ffn_config(model: torch.nn.Module, family: Family) -> None:
         setattr(model.config, family.ffn_config, widths.pop())
 
 
+def shape_suffix(heads_fraction: float, ffn_fraction: float) -> str:
+    """How names say the heads and FFN neurons removed: "-h50-f50", "-f50", or "" for none."""
+    return (f"-h{round(100 * heads_fraction)}" if heads_fraction else "") + (f"-f{round(100 * ffn_fraction)}" if ffn_fraction else "")
+
+
 def make_student(teacher, depth: int, intermediate_size: int | None, method: str = "distill"):  # -> (torch.nn.Module, notes)
     """The teacher's kept layers (optionally with their strongest FFN neurons only), and notes on family-specific changes."""
     family = family_of(teacher, method)

@@ -17,11 +17,10 @@ from pydantic import Field, model_validator
 
 from frugal.runtime import Tokenize
 from frugal.runtime.formats.torch import count_params, load_torch
-from frugal.runtime.manifest import Manifest
 from ml.compress.base import TORCH_FORMATS, CompressContext, TorchMethod, register
 from ml.compress.common import TrainingOptions, labelled_train, train_config, train_with_teacher, training_report
 from ml.compress.importance import cut, shape_params, taylor_scores
-from ml.compress.structure import make_student
+from ml.compress.structure import make_student, shape_suffix
 from ml.compress.transfer import kept_layers
 from ml.families import family_of
 
@@ -63,7 +62,8 @@ class Distill(TorchMethod):
         manifest = self.source(src)
         teacher = load_torch(src).float()
         student, notes = make_student(teacher, opts.layers, opts.intermediate_size, self.name)
-        shape = self._cut(student, teacher, src, ctx, notes) if opts.heads_fraction or opts.ffn_fraction else {}
+        tokenize = Tokenize(src, manifest.max_length)
+        shape = self._cut(student, teacher, tokenize, ctx, notes) if opts.heads_fraction or opts.ffn_fraction else {}
         cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
         result = train_with_teacher(
             student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L",
@@ -74,17 +74,13 @@ class Distill(TorchMethod):
         report = training_report(result, params, student_layers=kept_layers(depth, opts.layers), **shape)
         report.metrics["params_vs_teacher"] = params / count_params(teacher)
         report.notes.extend(notes)
-        pruned = (f"-h{round(100 * opts.heads_fraction)}" if opts.heads_fraction else "") + (
-            f"-f{round(100 * opts.ffn_fraction)}" if opts.ffn_fraction else ""
-        )
-        lineage = [*manifest.lineage, f"{self.name}-{opts.layers}L{pruned}"]
+        lineage = [*manifest.lineage, f"{self.name}-{opts.layers}L{shape_suffix(opts.heads_fraction, opts.ffn_fraction)}"]
         return student.eval(), manifest.derive(params=params, lineage=lineage), report
 
-    def _cut(self, student: Any, teacher: Any, src: Path, ctx: CompressContext, notes: list[str]) -> dict[str, Any]:
+    def _cut(self, student: Any, teacher: Any, tokenize: Tokenize, ctx: CompressContext, notes: list[str]) -> dict[str, Any]:
         """Prune the student's heads and neurons by its teacher layers' importance, before it trains; its shape, for the run."""
         opts: DistillOptions = self.options
         family = family_of(teacher, self.name)
-        tokenize = Tokenize(src, Manifest.load(src).max_length)
         scores = taylor_scores(teacher, family, tokenize, labelled_train(ctx), ctx.labels, opts.importance_batches, ctx.train.batch_size)
         mine = [scores[t] for t in kept_layers(len(scores), opts.layers)]
         notes.extend(sorted(cut(student, family, mine, opts.heads_fraction, opts.ffn_fraction)))
