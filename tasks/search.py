@@ -14,13 +14,14 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from frugal.config import RunConfig, SearchConfig, load_hardware
+from frugal.config import ModelConfig, RunConfig, SearchConfig, load_hardware
 from frugal.paths import ProjectPaths
 from frugal.pricing import usd_per_1m
 from frugal.runtime import load_predictor
+from frugal.runtime.manifest import Manifest
 from ml.compress.plan import chain
 from ml.quality import quality
-from ml.search import Bisection, Shape, depth, order, price, space, training_seconds
+from ml.search import Bisection, Shape, fine_tuned_source, order, price, space, student_source, training_seconds
 from tasks.compress import build_variant
 from tasks.plumbing import store, tracking
 from tasks.plumbing.refs import DataRef, ModelRef, Ref, Scores, Variant
@@ -35,22 +36,25 @@ class Priced(Ref):
     run_id: str
     anchor_per_s: float
     predicted_per_s: dict[str, float]  # shape name -> texts/s
-    shapes: dict[str, tuple[int, float, float]]  # shape name -> (layers, heads_fraction, ffn_fraction)
+    shapes: dict[str, tuple[int, float, float, str]]  # shape name -> (layers, heads_fraction, ffn_fraction, student)
     seconds: float
 
 
 @stage(name="price_search", cached=True)
 def price_search(
-    baseline: ModelRef, search: SearchConfig, data: DataRef, threads: int, per_hour: float, paths: ProjectPaths, parent_run: str
+    baseline: ModelRef, search: SearchConfig, student: ModelConfig | None, data: DataRef, threads: int, per_hour: float,
+    paths: ProjectPaths, parent_run: str,
 ) -> Priced:  # fmt: skip
-    """Every shape of the space, built untrained and timed through int8; the figures on a `search` step run."""
+    """Every shape of the space (cut from `student`, else from the fine-tuned model), built untrained and timed through int8;
+    the figures on a `search` step run."""
     started = time.perf_counter()
     fine_tuned = store.model_dir(baseline, paths)
     texts = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["text"][: search.price_texts])
-    shapes = space(search, depth(fine_tuned))
+    source = fine_tuned_source(fine_tuned) if student is None else student_source(student, Manifest.load(fine_tuned).labels, seed=0)
+    shapes = space(search, source)
     with tracking.nested_run(parent_run, "search", {"kind": "step", "step": "search"}) as run_id:
         anchor = price(fine_tuned, None, texts, threads)
-        predicted = {s.name: price(fine_tuned, s, texts, threads) for s in shapes}
+        predicted = {s.name: price(fine_tuned, s, texts, threads, source) for s in shapes}
         tracking.log_params(run_id, {"shapes": len(shapes), "price_texts": len(texts), "budget_minutes": search.budget_minutes})
         costs = {f"predicted_usd_per_1m.{n}": usd_per_1m(v, per_hour) for n, v in predicted.items()}
         tracking.log_metrics(run_id, {"anchor_per_s": anchor, "anchor_usd_per_1m": usd_per_1m(anchor, per_hour), **costs})
@@ -59,7 +63,7 @@ def price_search(
     log.info("Search: priced %d shapes in %.0f s; %d predicted cheaper than the fine-tuned model through int8 (%.0f texts/s)",
              len(shapes), seconds, sum(v > anchor for v in predicted.values()), anchor)  # fmt: skip
     return Priced(run_id=run_id, anchor_per_s=anchor, predicted_per_s=predicted,
-                  shapes={s.name: (s.layers, s.heads_fraction, s.ffn_fraction) for s in shapes}, seconds=seconds)  # fmt: skip
+                  shapes={s.name: (s.layers, s.heads_fraction, s.ffn_fraction, s.student) for s in shapes}, seconds=seconds)  # fmt: skip
 
 
 def search(
@@ -68,7 +72,7 @@ def search(
     """The trained candidates (as variants), chosen by bisection over the shapes predicted cheaper than the anchor (ml/search.py),
     until the cheapest that keeps the bar on val is found or the next training would not finish within the budget."""
     started, s = time.monotonic(), cfg.compress.search
-    priced = price_search(baseline, s, data, cfg.evaluate.threads, usd_per_hour(cfg), paths, parent_run)
+    priced = price_search(baseline, s, student_model(cfg), data, cfg.evaluate.threads, usd_per_hour(cfg), paths, parent_run)
     shapes = {name: Shape(*spec) for name, spec in priced.shapes.items()}
     floor = _baseline_val_f1(baseline) - cfg.select.tolerance
     rows, passes = _rows(cfg, data, paths)
@@ -84,6 +88,14 @@ def search(
         variants.append(variant)
         bisection.record(shape, variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor)
     return variants, priced
+
+
+def student_model(cfg: RunConfig) -> ModelConfig | None:
+    """The search's pretrained student as a model section (the config's hub allowlist kept), or None: cut the fine-tuned model."""
+    spec = cfg.compress.search.student
+    if spec is None:
+        return None
+    return cfg.model.model_copy(update={"source": spec.source, "name_or_path": spec.name_or_path, "revision": None})
 
 
 def usd_per_hour(cfg: RunConfig) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from frugal.config import load_config
 from frugal.paths import ProjectPaths
-from ml.search import Shape, order, space
+from ml.search import Shape, Source, order, space
 
 pytestmark = pytest.mark.slow
 SEARCH = ["compress.search.enabled=true", "compress.search.layers=[1, 2]", "compress.search.heads_fractions=[0.0, 0.5]",
@@ -30,11 +30,27 @@ def test_bisection_finds_the_cheapest_shape_that_keeps_the_bar_in_log_trainings(
     assert search.best == shapes[6] and len(trained) <= 4
 
 
+def tiny_bert(layers: int):  # noqa: ANN201
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64))
+
+
 def test_the_space_leaves_out_the_anchor_and_orders_by_predicted_speed() -> None:
     cfg = load_config("smoke", SEARCH).compress.search
-    assert space(cfg, depth=2) == [Shape(1, 0.0), Shape(1, 0.5), Shape(2, 0.5)]
+    assert space(cfg, Source(tiny_bert(2))) == [Shape(1, 0.0), Shape(1, 0.5), Shape(2, 0.5)]
     predicted = {Shape(1, 0.0): 300.0, Shape(1, 0.5): 500.0, Shape(2, 0.5): 150.0}
     assert order(predicted, anchor=200.0) == [Shape(1, 0.5), Shape(1, 0.0)]  # 150 < 200: cannot beat the anchor, never trained
+
+
+def test_a_pretrained_students_space_keeps_its_full_depth_and_names_it() -> None:
+    cfg = load_config("smoke", [*SEARCH, "compress.search.student={source: embedded}", "compress.search.layers=[1, 3]"]).compress.search
+    shapes = space(cfg, Source(tiny_bert(2), student="mini"))  # 3 layers asked of a 2-layer student: its 2
+    assert shapes == [Shape(1, 0.0, 0.0, "mini"), Shape(1, 0.5, 0.0, "mini"), Shape(2, 0.0, 0.0, "mini"), Shape(2, 0.5, 0.0, "mini")]
+    assert shapes[3].name == "search-mini-2L-h50"
+    (distill, int8) = shapes[3].steps(cfg)
+    assert distill.method == "distill_student" and distill.options()["student"] == {"source": "embedded", "name_or_path": None}
+    assert distill.options()["intermediate"] == "none" and int8.method == "int8"  # logits only: one cached teacher pass for all
 
 
 def runs(project: Path, overrides: list[str]):  # noqa: ANN201

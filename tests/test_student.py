@@ -7,6 +7,7 @@ two models differ in architecture, width, depth, vocabulary and tokenizer, as a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -211,6 +212,46 @@ def test_hidden_transfer_crosses_tokenizers_and_attention_needs_the_same_kind(
     assert not [note for note in report.notes if "refused" in note]
     assert json.loads(report.params["layer_pairs"]) == [[0, 1]]
     assert student.config.num_hidden_layers == 1 and student.config._attn_implementation != "eager"
+
+
+def test_a_pretrained_student_is_cut_by_weight_magnitude_and_its_shapes_share_one_teacher_pass(
+    teacher: Built, student_dir: Path, smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPaths, tmp_path: Path
+) -> None:
+    ctx = context(StepSettings.of(smoke_cfg), smoke_splits.dir, store)
+    ctx = dataclasses.replace(ctx, scratch=tmp_path / "scratch")  # this test's own teacher cache
+    options = {"intermediate": "none", "epochs": 1}
+    cut = get_method("distill_student").from_config(student_options(student_dir, heads_fraction=0.5, ffn_fraction=0.5, **options))
+    student, manifest, report = cut.build(teacher.model_dir, ctx)
+    assert report.params["heads_per_layer"] == [1, 1] and report.params["ffn_per_layer"] == [16, 16]  # of 2 heads, 32 neurons
+    assert manifest.lineage[-1].endswith("-h50-f50")
+    cut.save(student, manifest, teacher.model_dir, tmp_path / "cut")
+    assert len(load_predictor(tmp_path / "cut").predict(held_out_texts(smoke_splits)[:8])) == 8
+    passes = sorted(ctx.scratch.glob("teacher/teacher-*.npz"))
+    stamps = [p.stat().st_mtime_ns for p in passes]
+    assert len(passes) == 1
+
+    # Another shape of the same student learns from the same teacher pass, read from disk.
+    get_method("distill_student").from_config(student_options(student_dir, layers=1, **options)).build(teacher.model_dir, ctx)
+    assert sorted(ctx.scratch.glob("teacher/teacher-*.npz")) == passes and [p.stat().st_mtime_ns for p in passes] == stamps
+
+
+def test_magnitude_keeps_the_heads_and_neurons_with_the_largest_weights() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ml.compress.importance import cut, magnitude_scores
+    from ml.families import family_of
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8))
+    attention, ffn = model.bert.encoder.layer[0].attention.self, model.bert.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        attention.query.weight[16:24] *= 10  # head 2 of 4 (8 features each)
+        ffn.weight[5] *= 10
+    marked_query, marked_neuron = attention.query.weight[16:24].clone(), ffn.weight[5].clone()
+    family = family_of(model, "test")
+    cut(model, family, magnitude_scores(model, family), heads_fraction=0.75, ffn_fraction=0.875)
+    kept = model.bert.encoder.layer[0]
+    assert torch.equal(kept.attention.self.query.weight, marked_query) and torch.equal(kept.intermediate.dense.weight[0], marked_neuron)
 
 
 def _bert_teacher(ctx, folder: Path) -> Path:

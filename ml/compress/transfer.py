@@ -111,16 +111,17 @@ def folder_digest(folder: Path) -> str:
 
 
 def cached_teacher_view(
-    cache: Path, src: Path, model: Any, tokenize: Tokenize, texts: list[str], device: str, layers: list[int], hidden: bool
+    cache: Path, src: Path, max_length: int, model: Any, texts: list[str], device: str, layers: list[int], hidden: bool
 ) -> TeacherView:
-    """`teacher_view` without attention maps, kept in `cache` under the teacher's and the texts' content: the search's
-    candidates all learn from the same teacher on the same texts, so only the first pays for the teacher's pass."""
-    key = digest(folder_digest(src), hashlib.sha256("\x00".join(texts).encode()).hexdigest(), layers, hidden)
+    """`teacher_view` (the teacher in `src`, its tokenizer truncating at `max_length`) without attention maps, kept in `cache`
+    under the teacher's and the texts' content: the search's candidates all learn from the same teacher on the same texts,
+    so only the first pays for the teacher's pass."""
+    key = digest(folder_digest(src), max_length, hashlib.sha256("\x00".join(texts).encode()).hexdigest(), layers, hidden)
     file = Path(cache) / f"teacher-{key}.npz"
     if file.exists():
         saved = np.load(file)
         return TeacherView(saved["logits"], saved["hidden"] if hidden else None, None)
-    view = teacher_view(model, tokenize, texts, device, layers, hidden, attention=False)
+    view = teacher_view(model, Tokenize(src, max_length), texts, device, layers, hidden, attention=False)
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_suffix(".partial.npz")  # a crash mid-write leaves no half file under the real name
     np.savez(partial, logits=view.logits, hidden=view.hidden if hidden else np.zeros(0))

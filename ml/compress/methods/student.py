@@ -30,7 +30,9 @@ from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import save_model
 from ml.compress import common
 from ml.compress.base import TORCH_FORMATS, CompressContext, MethodOptions, StepReport, TorchMethod, register
-from ml.compress.transfer import TeacherView, intermediate_loss, kept_layers, layer_pairs, teacher_view
+from ml.compress.importance import cut, magnitude_scores, shape_params
+from ml.compress.structure import shape_suffix
+from ml.compress.transfer import TeacherView, cached_teacher_view, intermediate_loss, kept_layers, layer_pairs, teacher_view
 from ml.families import family_of
 from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
@@ -43,9 +45,11 @@ PROJECTION = "frugal_hidden_projection"  # attached to the student while it trai
 
 class StudentModel(MethodOptions):
     source: Literal["embedded", "path", "hub", "tiny"] = Field(
-        "embedded", description="The student, as model.source: embedded (all-MiniLM-L6-v2), path, hub, or tiny (random, tests)."
+        "embedded",
+        description="The student, as model.source: embedded (name_or_path: null = all-MiniLM-L6-v2, or all-mpnet-base-v2), path, hub, "
+        "or tiny (random, tests).",
     )
-    name_or_path: str | None = Field(None, description="Folder (source=path) or hub id (source=hub).")
+    name_or_path: str | None = Field(None, description="Folder (source=path), hub id (source=hub) or embedded model name.")
     revision: str | None = Field(None, description="Hub revision for source=hub (model.trust_remote_code's allowlist applies).")
     tiny: TinyModelConfig | None = Field(None, description="Sizes of a tiny random student; null = model.tiny.")
 
@@ -59,6 +63,8 @@ class StudentModel(MethodOptions):
 class StudentOptions(common.TrainingOptions):
     student: StudentModel = Field(default_factory=StudentModel, description="The smaller pretrained model that learns.")
     layers: int | None = Field(None, ge=1, description="Keep only this many evenly spaced layers of the student; null = all.")
+    heads_fraction: float = Field(0.0, ge=0, lt=1, description="Share of attention heads removed in every student layer (by |weight|).")
+    ffn_fraction: float = Field(0.0, ge=0, lt=1, description="Share of feed-forward neurons removed in every student layer (by |weight|).")
     intermediate: Literal["none", "hidden", "attention", "hidden+attention"] = Field(
         "hidden", description="Intermediate-layer transfer besides the logits, where shapes allow (see the module docstring)."
     )
@@ -113,6 +119,8 @@ class DistillStudent(TorchMethod):
         report = StepReport(params={"student": opts.student.name_or_path or opts.student.source})
         if opts.layers is not None:
             report.notes += self._drop_layers(student, opts.layers)
+        if opts.heads_fraction or opts.ffn_fraction:
+            report.params |= self._cut(student, report)
         max_length = min(manifest.max_length, getattr(student.config, "max_position_embeddings", None) or manifest.max_length)
         attn_impl = student.config._attn_implementation
         with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +133,8 @@ class DistillStudent(TorchMethod):
         done = common.training_report(result, params, **report.params)
         done.metrics["params_vs_teacher"] = params / count_params(teacher)
         done.notes = report.notes
-        lineage = [*manifest.lineage, f"{self.name}-{Path(report.params['student']).name}"]
+        shape = (f"-{opts.layers}L" if opts.layers else "") + shape_suffix(opts.heads_fraction, opts.ffn_fraction)
+        lineage = [*manifest.lineage, f"{self.name}-{Path(report.params['student']).name}{shape}"]
         return student.eval(), manifest.derive(params=params, max_length=max_length, lineage=lineage), done
 
     def _learn(self, student: Any, teacher: Any, src: Path, scratch: Path, max_length: int, ctx: CompressContext,
@@ -142,7 +151,11 @@ class DistillStudent(TorchMethod):
         if attention:  # sdpa kernels return no attention maps
             student.set_attn_implementation("eager")
             teacher.set_attn_implementation("eager")
-        view = teacher_view(teacher, Tokenize(src, max_length), texts, device, [t for _, t in pairs], hidden, attention)
+        layers = [t for _, t in pairs]
+        if attention:
+            view = teacher_view(teacher, Tokenize(src, max_length), texts, device, layers, hidden, attention)
+        else:  # the search's candidates share one teacher pass (kept on disk by content)
+            view = cached_teacher_view(ctx.scratch / "teacher", src, max_length, teacher, texts, device, layers if hidden else [], hidden)
         if attention and not self._same_direction(view, student, tokenize, texts, device, report):
             view.attention, attention = None, False
         used = [kind for kind, on in (("hidden", hidden), ("attention", attention)) if on]
@@ -194,6 +207,13 @@ class DistillStudent(TorchMethod):
             delattr(student, PROJECTION)
         if student.config._attn_implementation != attn_impl:
             student.set_attn_implementation(attn_impl)
+
+    def _cut(self, student: Any, report: StepReport) -> dict[str, Any]:
+        """Remove the shares of heads and FFN neurons with the least |weight| in every layer, before the student trains."""
+        opts: StudentOptions = self.options
+        family = family_of(student, "distill_student (student heads/FFN)")
+        report.notes += sorted(cut(student, family, magnitude_scores(student, family), opts.heads_fraction, opts.ffn_fraction))
+        return shape_params(student, family)
 
     @staticmethod
     def _drop_layers(student: Any, depth: int) -> list[str]:
