@@ -51,12 +51,14 @@ class Shape:
     def name(self) -> str:
         return f"search-{self.student + '-' if self.student else ''}{self.layers}L{shape_suffix(self.heads_fraction, self.ffn_fraction)}"
 
-    def steps(self, cfg: SearchConfig) -> list[StepConfig]:
+    def steps(self, cfg: SearchConfig, floor: float | None = None) -> list[StepConfig]:
         """The chain that makes this shape: one distillation into it (its layers kept, its least important heads and neurons cut
         before it trains, so one training shrinks and recovers it), then the int8 race. Logits only, so every candidate
-        learns from the same cached teacher pass."""
+        learns from the same cached teacher pass. With the val `floor`, a training that cannot reach it stops halfway."""
+        give_up = None if floor is None or cfg.give_up_margin is None else round(floor - cfg.give_up_margin, 4)
         options = {"layers": self.layers, "heads_fraction": self.heads_fraction, "ffn_fraction": self.ffn_fraction,
-                   "epochs": cfg.epochs, "transfer_rows": cfg.transfer_rows, "learning_rate": cfg.learning_rate}  # fmt: skip
+                   "epochs": cfg.epochs, "transfer_rows": cfg.transfer_rows, "learning_rate": cfg.learning_rate,
+                   "give_up_below": give_up}  # fmt: skip
         options = {k: v for k, v in options.items() if v is not None}
         if self.student and cfg.student is not None:
             distill = StepConfig(method="distill_student", student=cfg.student.model_dump(), intermediate="none", **options)

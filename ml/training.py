@@ -58,12 +58,26 @@ class TrainResult:
     trainable_params: int  # what the optimizer updated: frozen embeddings and LoRA's frozen base are left out
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0  # > 0: this run continued a killed one from its checkpoint
+    gave_up_at_step: int = 0  # > 0: stopped there by a GiveUp rung (its val macro-F1 could not reach the bar)
 
     def record(self, total_params: int) -> tuple[dict[str, Any], dict[str, float]]:
         """Params and metrics every training step logs alike (fine-tuning, LoRA, distillation, pruning recovery)."""
         params = {"train_device": self.device, "precision": self.precision, "train_steps": self.steps,
                   "trainable_params": self.trainable_params, "resumed_from_step": self.resumed_from_step}  # fmt: skip
-        return params, {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
+        metrics = {"best_val_macro_f1": self.best_val_macro_f1, "trainable_share": self.trainable_params / total_params}
+        return params, metrics | ({"gave_up_at_step": float(self.gave_up_at_step)} if self.gave_up_at_step else {})
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """One rung of successive halving for a single candidate: from `after` (a share of its steps) on, a val check whose best
+    macro-F1 is still below `below` stops the training, because the rest of the steps would not lift it to the bar."""
+
+    after: float
+    below: float
+
+    def now(self, step: int, total_steps: int, best_f1: float) -> bool:
+        return step < total_steps and step >= self.after * total_steps and best_f1 < self.below
 
 
 def ensure_pad_token_id(config: Any, tokenizer: Any) -> None:
@@ -155,8 +169,10 @@ def train(
     loss_fn: LossFn | None = None,
     desc: str = "train",
     outputs_loss: OutputsLoss | None = None,
+    give_up: GiveUp | None = None,
 ) -> TrainResult:
-    """Train in place; on return the model holds the weights with the best val macro-F1.
+    """Train in place; on return the model holds the weights with the best val macro-F1 (`give_up`: stopped early when
+    the val checks show the bar out of reach).
 
     Parameters the caller attached to the model for an `outputs_loss` (a projection) train and resume with it.
     """
@@ -184,6 +200,7 @@ def train(
     loss_fn = loss_fn or (lambda logits, targets, _idx: torch.nn.functional.cross_entropy(logits, targets))
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5, leave=False)
+    gave_up = 0
     for step in range(state.step, total_steps):
         epoch, within = divmod(step, steps_per_epoch)
         if within == 0 or step == state.step:
@@ -198,6 +215,10 @@ def train(
         done = step + 1
         if done % eval_every == 0 or done == total_steps:
             _evaluate(model, tokenize, val_df, labels, device, state, done, float(loss.item()))
+            if give_up is not None and give_up.now(done, total_steps, state.best_f1):
+                log.info("step %d of %d: best val macro-F1 %.4f < %.4f, giving up", done, total_steps, state.best_f1, give_up.below)
+                gave_up = done
+                break
         state.step, state.seconds = done, time.perf_counter() - started
         if checkpoint_dir is not None and (done % cfg.checkpoint_every_steps == 0) and done < total_steps:
             checkpoints.save(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler, state)
@@ -207,7 +228,8 @@ def train(
     model.eval()  # the checkpoint stays until the caller has stored the model (see tasks/finetune.py)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     seconds = time.perf_counter() - started
-    return TrainResult(state.best_f1, total_steps, seconds, device, cfg.precision, trainable, state.history, resumed_from)
+    steps = gave_up or total_steps
+    return TrainResult(state.best_f1, steps, seconds, device, cfg.precision, trainable, state.history, resumed_from, gave_up)
 
 
 def _step(model: Any, batch: dict[str, Any], targets: Any, idx: np.ndarray, loss_fn: LossFn, outputs_loss: OutputsLoss | None,

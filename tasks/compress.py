@@ -84,6 +84,7 @@ def compress_step(src: ModelRef, step: StepConfig, data: DataRef, settings: Step
         seconds = time.perf_counter() - started
         tracking.log_params(run_id, report.params)
         tracking.log_metrics(run_id, {**report.metrics, "step_seconds": seconds})
+        tracking.log_history(run_id, report.history)
         if report.notes:
             tracking.set_tags(run_id, {"notes": " ".join(report.notes)})
         tracking.log_dir(run_id, Path(tmp) / "model", "model")

@@ -84,7 +84,7 @@ def search(
         if time.monotonic() - started + needs > s.budget_minutes * 60:
             variants.append(Variant(name=shape.name, model=None, status="skipped", reason=_out_of_budget(s, started, variants, needs)))
             break
-        variant = build_variant(shape.name, chain(shape.name, shape.steps(s)), baseline, data, cfg, paths, parent_run, run_step)
+        variant = build_variant(shape.name, chain(shape.name, shape.steps(s, floor)), baseline, data, cfg, paths, parent_run, run_step)
         variants.append(variant)
         bisection.record(shape, variant.status == "ok" and _val_f1(variant, data, cfg, paths) >= floor)
     return variants, priced

@@ -48,9 +48,10 @@ def test_a_pretrained_students_space_keeps_its_full_depth_and_names_it() -> None
     shapes = space(cfg, Source(tiny_bert(2), student="mini"))  # 3 layers asked of a 2-layer student: its 2
     assert shapes == [Shape(1, 0.0, 0.0, "mini"), Shape(1, 0.5, 0.0, "mini"), Shape(2, 0.0, 0.0, "mini"), Shape(2, 0.5, 0.0, "mini")]
     assert shapes[3].name == "search-mini-2L-h50"
-    (distill, int8) = shapes[3].steps(cfg)
+    (distill, int8) = shapes[3].steps(cfg, floor=0.7)
     assert distill.method == "distill_student" and distill.options()["student"] == {"source": "embedded", "name_or_path": None}
     assert distill.options()["intermediate"] == "none" and int8.method == "int8"  # logits only: one cached teacher pass for all
+    assert distill.options()["give_up_below"] == round(0.7 - cfg.give_up_margin, 4)  # halfway, too far below the floor: stop
 
 
 def runs(project: Path, overrides: list[str]):  # noqa: ANN201

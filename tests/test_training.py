@@ -58,6 +58,24 @@ def test_frozen_embeddings_are_not_counted_as_trained(smoke_cfg: RunConfig, smok
     assert result.record(count_params(model))[1]["trainable_share"] < 1
 
 
+def test_a_training_that_cannot_reach_the_bar_gives_up_halfway(smoke_cfg: RunConfig, smoke_splits: Splits, baseline: Variant) -> None:
+    from ml.training import GiveUp
+
+    cfg = shrink(smoke_cfg, finetune={"epochs": 1, "evals_per_epoch": 4}).finetune
+    train_df, val_df = pd.read_parquet(smoke_splits.path("train")), pd.read_parquet(smoke_splits.path("val"))
+    labels, tokenize = smoke_cfg.data.labels, Tokenize(baseline.model_dir, 64)
+    always = GiveUp(0.5, 0.0)
+    full = train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, None, "", give_up=always)
+    assert full.gave_up_at_step == 0 and len(full.history) >= 4  # a bar every check clears: trains to the end
+
+    unreachable = GiveUp(0.5, 1.01)  # no macro-F1 reaches it: the first check at or past half the steps stops it
+    result = train(load_pretrained(smoke_cfg.model, labels, 0), tokenize, train_df, val_df, labels, cfg, 0, None, "", give_up=unreachable)
+    halfway = next(i for i, h in enumerate(full.history) if h["step"] >= full.steps / 2)
+    assert [h["step"] for h in result.history] == [h["step"] for h in full.history[: halfway + 1]]
+    assert result.gave_up_at_step == result.steps == full.history[halfway]["step"] < full.steps
+    assert result.record(1)[1]["gave_up_at_step"] == result.steps
+
+
 class Crash(Exception):
     pass
 

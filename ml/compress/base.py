@@ -52,6 +52,7 @@ class StepReport:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # a training's val checks, by step (MLflow's charts)
 
 
 class Method(ABC):

@@ -16,7 +16,7 @@ from frugal.runtime.manifest import Manifest
 from ml.compress.base import CompressContext, MethodOptions, StepReport
 from ml.compress.transfer import cached_teacher_view, intermediate_loss, layer_pairs
 from ml.data import labelled_rows
-from ml.training import UNLABELLED, LossFn, TrainResult, precision_problem, resolve_device, train
+from ml.training import UNLABELLED, GiveUp, LossFn, TrainResult, precision_problem, resolve_device, train
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +56,13 @@ class TrainingOptions(MethodOptions):
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="Training precision (see finetune.precision); null = finetune.precision. Skipped where the hardware lacks it."
     )
+    give_up_below: float | None = Field(
+        None, ge=0, le=1, description="Stop training at a val check past `give_up_after` whose best macro-F1 is below this; null = never."
+    )
+    give_up_after: float = Field(0.5, gt=0, le=1, description="Share of the training steps before `give_up_below` is checked.")
+
+    def give_up(self) -> GiveUp | None:
+        return None if self.give_up_below is None else GiveUp(self.give_up_after, self.give_up_below)
 
     def trains(self) -> bool:
         return True
@@ -123,6 +130,7 @@ def train_with_teacher(
     desc: str,
     transfer_rows: int = 0,
     hidden_weight: float = 0.0,
+    give_up: GiveUp | None = None,
 ) -> TrainResult:
     """Train `student` on the labelled rows, distilling from `teacher` (also on `transfer_rows` unlabelled rows) when given;
     with `hidden_weight`, each student layer's pooled hidden state also matches its teacher layer's (same width: a student
@@ -143,11 +151,14 @@ def train_with_teacher(
     return train(
         student, tokenize, train_df, val_df, ctx.labels, cfg, ctx.seed,
         checkpoint_dir=ctx.checkpoint, resume_key=ctx.checkpoint.name if ctx.checkpoint else "", loss_fn=loss, desc=desc,
-        outputs_loss=extra,
+        outputs_loss=extra, give_up=give_up,
     )  # fmt: skip
 
 
 def training_report(result: TrainResult, total: int, **params: Any) -> StepReport:
-    """What a training method records; its time is recorded by the compress stage for every method alike."""
+    """What a training method records (its val checks as a curve); its time is recorded by the compress stage for every method alike."""
     recorded, metrics = result.record(total)
-    return StepReport(params={**recorded, **params}, metrics=metrics)
+    notes = []
+    if result.gave_up_at_step:
+        notes.append(f"Gave up at step {result.gave_up_at_step}: best val macro-F1 {result.best_val_macro_f1:.4f} was below the bar.")
+    return StepReport(params={**recorded, **params}, metrics=metrics, notes=notes, history=result.history)

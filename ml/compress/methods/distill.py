@@ -67,7 +67,7 @@ class Distill(TorchMethod):
         cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
         result = train_with_teacher(
             student, teacher, src, ctx, cfg, opts.temperature, opts.alpha, desc=f"distill {opts.layers}L",
-            transfer_rows=opts.transfer_rows, hidden_weight=opts.hidden_weight,
+            transfer_rows=opts.transfer_rows, hidden_weight=opts.hidden_weight, give_up=opts.give_up(),
         )  # fmt: skip
         params = count_params(student)
         depth = len(family_of(teacher, self.name).layers(teacher))

@@ -45,7 +45,7 @@ class Lora(TorchMethod):
         )
         model = get_peft_model(base, config)
         cfg = train_config(ctx, epochs=opts.epochs, learning_rate=opts.learning_rate, precision=opts.precision)
-        result = train_with_teacher(model, None, src, ctx, cfg, temperature=1.0, alpha=0.0, desc=f"lora r={opts.r}")
+        result = train_with_teacher(model, None, src, ctx, cfg, temperature=1.0, alpha=0.0, desc=f"lora r={opts.r}", give_up=opts.give_up())
         merged = model.merge_and_unload().eval()
         report = training_report(result, total, starts_from="pretrained model")
         report.notes.append("Trained from the pretrained model with LoRA adapters (merged), not from the fine-tuned baseline.")

@@ -64,8 +64,9 @@ class Prune(TorchMethod):
         if opts.recovery_epochs > 0:
             cfg = train_config(ctx, epochs=opts.recovery_epochs, learning_rate=opts.learning_rate, precision=opts.precision)
             result = train_with_teacher(
-                model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery", transfer_rows=opts.transfer_rows
-            )
+                model, teacher, src, ctx, cfg, opts.temperature, opts.distill_alpha, desc="prune recovery",
+                transfer_rows=opts.transfer_rows, give_up=opts.give_up(),
+            )  # fmt: skip
             report = training_report(result, after, **params)
         model.eval()
         report.metrics["params_removed_share"] = 1 - after / before

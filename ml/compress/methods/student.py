@@ -132,7 +132,7 @@ class DistillStudent(TorchMethod):
         params = count_params(student)
         done = common.training_report(result, params, **report.params)
         done.metrics["params_vs_teacher"] = params / count_params(teacher)
-        done.notes = report.notes
+        done.notes = [*report.notes, *done.notes]
         shape = (f"-{opts.layers}L" if opts.layers else "") + shape_suffix(opts.heads_fraction, opts.ffn_fraction)
         lineage = [*manifest.lineage, f"{self.name}-{Path(report.params['student']).name}{shape}"]
         return student.eval(), manifest.derive(params=params, max_length=max_length, lineage=lineage), done
@@ -165,6 +165,7 @@ class DistillStudent(TorchMethod):
             checkpoint_dir=ctx.checkpoint, resume_key=ctx.checkpoint.name if ctx.checkpoint else "",
             loss_fn=common.distillation_loss(view.logits, opts.temperature, opts.alpha), desc=f"{self.name} {report.params['student']}",
             outputs_loss=self._attach(student, teacher, view, pairs, opts.intermediate_weight) if used else None,
+            give_up=opts.give_up(),
         )  # fmt: skip
 
     @staticmethod
