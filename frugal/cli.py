@@ -154,12 +154,18 @@ def _usage(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # the web stack: only `frugal serve` needs it
 
-    from frugal.serve.app import create_app  # (FastAPI, Prometheus: the same)
+    from frugal.serve.app import create_app, worker_env  # (FastAPI, Prometheus: the same)
 
     settings = load_settings(args.serve_config, args.overrides)
-    app = create_app(settings, ProjectPaths.resolve(args.project_dir).root)
+    root = ProjectPaths.resolve(args.project_dir).root
+    app = create_app(settings, root)  # migrates the accounts schema once, and a bad setting fails here, before any worker starts
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # model loads and reloads
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    if settings.workers == 1:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        return 0
+    os.environ.update(worker_env(settings, root))  # uvicorn's workers are spawned: they build their app from this
+    uvicorn.run("frugal.serve.app:worker_app", factory=True, workers=settings.workers, host=settings.host, port=settings.port,
+                log_level="info")  # fmt: skip
     return 0
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,15 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from frugal.accounts.store import Accounts  # noqa: E402
 from frugal.config import RunConfig, load_config  # noqa: E402
+from frugal.config.serve import Plan  # noqa: E402
 from frugal.paths import ProjectPaths  # noqa: E402
 from tasks.plumbing import tracking  # noqa: E402
 from tasks.plumbing.refs import DataRef, ModelRef  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is a folder of scripts and their helpers, not an installed package
+from tools import postgres  # noqa: E402  (the throwaway PostgreSQL benchmarks/serve.py starts too)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -123,3 +130,38 @@ def baseline(smoke_cfg: RunConfig, smoke_splits: LocalSplits, store: ProjectPath
     with tracking.parent_run(cfg, store, run_name="baseline-fixture") as run_id:
         ref = finetune.fn(smoke_splits.ref, cfg.model, cfg.finetune, cfg.data.labels, cfg.seed, store, run_id)
     return Built(ref, model_store.model_dir(ref, store))
+
+
+# The accounts store on SQLite and on a PostgreSQL server of our own (test_accounts.py, test_meter.py).
+PLANS = {
+    "small": Plan(requests_per_minute=5, texts_per_month=100, usd_per_1k_texts=2.0),
+    "big": Plan(requests_per_minute=1000, texts_per_month=1_000_000, usd_per_1k_texts=0.05),
+}
+MARCH = datetime(2025, 3, 10, 12, 0, 15, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server of our own for the session (tools/postgres.py); yields its URL without a database name."""
+    try:
+        with postgres.server() as url:
+            yield url
+    except postgres.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database (no tables yet) on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'serve.db'}"
+    return postgres.new_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def accounts(url: str) -> Iterator[Accounts]:
+    """The accounts store on that database, migrated, with the plans `small` and `big`."""
+    store = Accounts(url, PLANS)
+    store.migrate()
+    yield store
+    store.close()

@@ -2,105 +2,25 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, create_engine, select, text
+from conftest import MARCH, PLANS  # the accounts fixtures' plans (conftest.py, shared with test_meter.py)
+from sqlalchemy import MetaData, select, text
 
 from frugal.accounts.models import VERSION_TABLE, Base
 from frugal.accounts.store import Accounts, AccountsError
-from frugal.config.serve import Plan, load_settings
-
-PLANS = {
-    "small": Plan(requests_per_minute=5, texts_per_month=100, usd_per_1k_texts=2.0),
-    "big": Plan(requests_per_minute=1000, texts_per_month=1_000_000, usd_per_1k_texts=0.05),
-}
-MARCH = datetime(2025, 3, 10, 12, 0, 15, tzinfo=UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg(folder: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Runs a PostgreSQL tool (newest installed); as the postgres user when we are root, which PostgreSQL refuses to run as."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4])) or [shutil.which("initdb")]
-    if found[-1] is None:
-        pytest.skip("PostgreSQL is not installed (no initdb under /usr/lib/postgresql/*/bin or on PATH): apt-get install postgresql")
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            shutil.chown(folder, "postgres")
-        except LookupError:
-            pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as")
-        runuser = shutil.which("runuser") or next((p for p in ("/usr/sbin/runuser", "/sbin/runuser") if Path(p).exists()), None)
-        if runuser is None:
-            pytest.skip("running as root, and there is no `runuser` to run PostgreSQL as the postgres user")
-        run_as = [runuser, "-u", "postgres", "--"]
-    bindir = Path(found[-1]).parent
-    return lambda tool, *args: subprocess.run([*run_as, bindir / tool, *map(str, args)], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[str]:
-    """A PostgreSQL server of our own for the session (loopback, free port, trust); yields its URL without a database name."""
-    folder = Path(tempfile.mkdtemp(prefix="frugal-pg-"))  # a short path: the unix socket's must fit in 107 bytes
-    data, port, log = folder / "data", _free_port(), folder / "server.log"
-    try:
-        pg = _pg(folder)
-        init = pg("initdb", "-D", data, "-U", "frugal", "-A", "trust", "-E", "UTF8", "--no-sync")
-        if init.returncode != 0:
-            pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        if pg("pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "start").returncode != 0:
-            pytest.skip(f"PostgreSQL did not start: {log.read_text().strip()[-500:] if log.exists() else 'no log'}")
-        yield f"postgresql://frugal@127.0.0.1:{port}"
-    finally:
-        if (data / "postmaster.pid").exists():
-            pg("pg_ctl", "-D", data, "-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _new_database(server: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return f"{server}/{name}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database (no tables yet) on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'serve.db'}"
-    return _new_database(request.getfixturevalue("postgres"))
-
-
-@pytest.fixture
-def accounts(url: str) -> Iterator[Accounts]:
-    store = Accounts(url, PLANS)
-    store.migrate()
-    yield store
-    store.close()
+from frugal.config.serve import load_settings
+from tools import postgres  # on the path by conftest.py
 
 
 def _all_values(store: Accounts) -> list[str]:
@@ -273,7 +193,7 @@ def test_unusable_database_urls() -> None:
     for bad, message in (("not a url", "not a database URL"), ("mysql://u@h/db", "only SQLite and PostgreSQL")):
         with pytest.raises(AccountsError, match=message):
             Accounts(bad, PLANS)
-    down = Accounts(f"postgresql://frugal:secret@127.0.0.1:{_free_port()}/db", PLANS)
+    down = Accounts(f"postgresql://frugal:secret@127.0.0.1:{postgres.free_port()}/db", PLANS)
     with pytest.raises(AccountsError, match="Cannot open the accounts database") as caught:
         down.migrate()
     assert "secret" not in str(caught.value)

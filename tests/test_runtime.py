@@ -40,6 +40,21 @@ def test_length_ordered_batching_returns_the_predictions_of_arrival_order(baseli
     np.testing.assert_allclose(ordered[:10], one_by_one, atol=PROBA_TOLERANCE)  # the caller's order, row for row
 
 
+def test_predict_flagged_marks_exactly_the_texts_cut_to_max_length(baseline: Built) -> None:
+    """Serving's truncation flag comes from the tokenization the model ran on: a text is flagged iff it had more tokens."""
+    from tokenizers import Tokenizer
+
+    predictor = load_predictor(baseline.model_dir, threads=1)
+    limit = predictor.manifest.max_length
+    counter = Tokenizer.from_file(str(Path(baseline.model_dir) / TOKENIZER_DIR / "tokenizer.json"))
+    counter.no_truncation()
+    counter.no_padding()
+    texts = ["short", "word " * (limit - 2), "word " * (limit - 1), "word " * (limit + 20)]  # fits, fits exactly, one over, far over
+    proba, flagged = predictor.predict_flagged(texts, batch_size=2)
+    assert flagged == [len(e.ids) > limit for e in counter.encode_batch(texts)] == [False, False, True, True]
+    np.testing.assert_allclose(proba, predictor.predict_proba(texts, batch_size=2), atol=PROBA_TOLERANCE)
+
+
 def test_length_ordered_batches_pad_fewer_tokens(smoke_splits: LocalSplits, tmp_path: Path) -> None:
     tokenize = Tokenize(model_folder(tmp_path, {"model_type": "bert", "type_vocab_size": 2}), 128)
     texts = list(pd.read_parquet(smoke_splits.path("train"))["text"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,24 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # pysqlite otherwise opens its own DEFERRED transaction at the first write; `_sqlite_begin` decides instead.
     dbapi_connection.isolation_level = None
     dbapi_connection.execute("PRAGMA foreign_keys = ON")
+    # WAL: readers (key checks) never wait for the writer, and a commit appends instead of rewriting a journal.
+    # synchronous=NORMAL keeps every commit across a killed process (it is the OS that holds the WAL), not across power loss.
+    _wal(dbapi_connection)
+    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+
+
+def _wal(dbapi_connection: Any, patience_s: float = 30.0) -> None:
+    """Switch the file to WAL once (the mode is kept in the file). The switch needs the file to itself and SQLite answers
+    "locked" at once, without waiting, while another process is switching it too: so wait here, as for any lock."""
+    deadline = time.monotonic() + patience_s
+    while dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode = WAL")  # a file system without WAL keeps the old mode, no error
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_begin(connection: Connection) -> None:

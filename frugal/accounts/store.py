@@ -10,6 +10,7 @@ INTERFACE CONTRACT (the serving app codes against exactly this):
     store.authenticate(plaintext) -> KeyInfo | None       # None for unknown or revoked keys
     store.admit(key, n_texts, now=None) -> Admission      # rate (per minute) and monthly quota; counts the request if admitted
     store.record(key, request_id, texts, labels, model_version, cost_usd, now=None)  # usage + what was served (for feedback by id)
+    store.record_many([Served(...), ...])                 # the same for many requests, one transaction
     store.add_feedback(key, label, text=None, request_id=None, index=0) -> int        # unknown request id -> AccountsError
     store.feedback_rows() -> list[FeedbackRow]            # (text, label, created_at, key_id)
     store.usage(month="YYYY-MM" | None) -> list[UsageRow] # per key and month: requests, texts, cost_usd, billed_usd, margin_usd
@@ -66,6 +67,19 @@ class Admission:
     status: int
     retry_after: int | None  # seconds, for the Retry-After header of a 429
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request, as `record` takes it: `at` is an aware UTC time."""
+
+    key: KeyInfo
+    request_id: str
+    texts: list[str]
+    labels: list[str]
+    model_version: str
+    cost_usd: float
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -157,8 +171,9 @@ class Accounts:
         minute, month = _minute(now), _month(now)
         with self._sessions.begin() as session:
             # Lock the key's row first, so concurrent admits of one key queue and check-then-count is one step
-            # (PostgreSQL: SELECT ... FOR UPDATE; SQLite ignores it, its BEGIN IMMEDIATE already lets one writer in).
-            row = session.scalars(select(ApiKey).where(ApiKey.key_id == key.key_id).with_for_update()).first()
+            # (PostgreSQL: SELECT ... FOR NO KEY UPDATE, which still lets a writer's foreign-key checks on the key through;
+            # SQLite ignores it, its BEGIN IMMEDIATE already lets one writer in).
+            row = session.scalars(select(ApiKey).where(ApiKey.key_id == key.key_id).with_for_update(key_share=True)).first()
             if row is None or row.revoked_at is not None:
                 return Admission(False, 401, None, f"Key {key.key_id} has been revoked.")
             this_minute = session.scalar(select(MinuteRequests.requests).filter_by(key_id=key.key_id, minute=minute)) or 0
@@ -181,16 +196,26 @@ class Accounts:
         now: datetime | None = None,
     ) -> None:  # fmt: skip
         """After a request is answered: its cost and price go on the month's bill, its texts are kept for feedback by id."""
-        now = _utc(now)
-        plan = self.plans.get(key.plan)
-        billed = (plan.usd_per_1k_texts if plan else 0.0) * len(texts) / 1000
-        served = [
-            ServedText(request_id=request_id, index=i, key_id=key.key_id, text=t, label=label, model_version=model_version, created_at=now)
-            for i, (t, label) in enumerate(zip(texts, labels, strict=True))
-        ]
+        self.record_many([Served(key, request_id, list(texts), list(labels), model_version, cost_usd, _utc(now))])
+
+    def record_many(self, answered: Sequence[Served]) -> None:
+        """`record` for many requests in one transaction (the server's background writer): one upsert per key and month."""
+        if not answered:
+            return
+        bills: dict[tuple[str, str], list[float]] = {}
+        rows = []
+        for served in answered:
+            plan = self.plans.get(served.key.plan)
+            bill = bills.setdefault((served.key.key_id, _month(served.at)), [0.0, 0.0])
+            bill[0] += served.cost_usd
+            bill[1] += (plan.usd_per_1k_texts if plan else 0.0) * len(served.texts) / 1000
+            rows += [_served_text(served, i, text, label) for i, (text, label) in enumerate(zip(served.texts, served.labels, strict=True))]
         with self._sessions.begin() as session:
-            db.increment(session, MonthlyUsage, {"key_id": key.key_id, "month": _month(now)}, cost_usd=cost_usd, billed_usd=billed)
-            session.add_all(served)
+            # Rows first, counters in key order: two writers, or a writer and `admit`, never wait on each other in a cycle.
+            session.add_all(rows)
+            session.flush()
+            for (key_id, month), (cost, billed) in sorted(bills.items()):
+                db.increment(session, MonthlyUsage, {"key_id": key_id, "month": month}, cost_usd=cost, billed_usd=billed)
 
     def add_feedback(
         self, key: KeyInfo, label: str, text: str | None = None, request_id: str | None = None, index: int = 0, now: datetime | None = None
@@ -234,6 +259,12 @@ class Accounts:
 
 def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def _served_text(served: Served, index: int, text: str, label: str) -> ServedText:
+    key_id, version = served.key.key_id, served.model_version
+    return ServedText(request_id=served.request_id, index=index, key_id=key_id, text=text, label=label, model_version=version,
+                      created_at=served.at)  # fmt: skip
 
 
 def _info(row: ApiKey) -> KeyInfo:

@@ -90,12 +90,19 @@ class Predictor:
 
     def predict_proba(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
         """Probabilities in the caller's order; batches are length-ordered unless `sort_by_length` is False (arrival order)."""
+        return self._proba_of(self.tokenize.encode(texts), batch_size, sort_by_length)
+
+    def predict_flagged(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """`predict_proba`, and which texts were truncated to `max_length` (from the same tokenization: serving needs both)."""
         encodings = self.tokenize.encode(texts)
+        return self._proba_of(encodings, batch_size, True), [bool(e.overflowing) for e in encodings]
+
+    def _proba_of(self, encodings: list[Any], batch_size: int, sort_by_length: bool) -> np.ndarray:
         if sort_by_length:
             batches = length_ordered(encodings, batch_size)
         else:
-            batches = [np.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
-        out = np.zeros((len(texts), len(self.labels)))
+            batches = [np.arange(i, min(i + batch_size, len(encodings))) for i in range(0, len(encodings), batch_size)]
+        out = np.zeros((len(encodings), len(self.labels)))
         for rows in batches:
             out[rows] = self._proba(self.tokenize.pad([encodings[i] for i in rows]))
         return out

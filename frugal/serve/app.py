@@ -8,7 +8,9 @@ model). Both middlewares are pure ASGI; nothing here uses BaseHTTPMiddleware.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,14 +22,17 @@ from frugal import __version__
 from frugal.accounts.store import Accounts, url_for
 from frugal.config.serve import ServeSettings
 from frugal.serve import api
+from frugal.serve.batcher import Batcher
 from frugal.serve.errors import ApiError, api_error_response
 from frugal.serve.limits import BodyLimit
+from frugal.serve.meter import Meter
 from frugal.serve.metrics import Metrics, Observe
-from frugal.serve.model import Loaded, ModelHolder
+from frugal.serve.model import Classified, Loaded, ModelHolder
 from frugal.serve.service import Service
 from frugal.serve.source import source_for
 
 log = logging.getLogger(__name__)
+WORKER_ENV = "FRUGAL_SERVE_WORKER"
 DESCRIPTION = """Classify texts with the registered champion. Every /v1 call needs an API key
 (`Authorization: Bearer <key>` or `X-API-Key`), is rate-limited and metered by the key's plan."""
 
@@ -37,18 +42,24 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
     store = Accounts(url_for(settings, project_root), settings.plans)
     store.migrate()  # here rather than at startup: a bad database URL is one clear CLI error, not a uvicorn traceback
     metrics = Metrics()
-    holder = ModelHolder(source_for(settings, project_root), settings.threads, settings.batch_size, settings.reload_seconds)
+    threads = max(1, settings.threads // settings.workers)  # each worker process gets its share of the inference threads
+    holder = ModelHolder(source_for(settings, project_root), threads, settings.batch_size, settings.reload_seconds)
     holder.on_swap = _count_swap(metrics)
-    service = Service(settings, holder, store, metrics)
+    batcher: Batcher[Classified] = Batcher(settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
+    service = Service(settings, holder, store, metrics, batcher, Meter(store, settings.meter_flush_ms))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         holder.start()
+        batcher.start()
+        service.meter.start()
         unhook = _on_sighup(holder.wake)
         try:
             yield
-        finally:
+        finally:  # uvicorn has finished the requests in flight: answer what is queued, then bill it all (SIGTERM loses nothing)
             unhook()
+            batcher.stop()
+            service.meter.stop()
             holder.stop()
             store.close()
 
@@ -60,6 +71,18 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics, endpoints=endpoints)  # added last: outermost
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process under `frugal serve --workers N` (uvicorn imports this factory in each process)."""
+    spec = json.loads(os.environ[WORKER_ENV])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    return create_app(ServeSettings(**spec["settings"]), Path(spec["project_root"]))
+
+
+def worker_env(settings: ServeSettings, project_root: Path) -> dict[str, str]:
+    """What `worker_app` reads: the parent's validated settings, so every worker serves exactly them."""
+    return {WORKER_ENV: json.dumps({"settings": settings.model_dump(mode="json"), "project_root": str(project_root)})}
 
 
 def _count_swap(metrics: Metrics) -> Callable[[Loaded], None]:

@@ -12,6 +12,7 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from frugal.serve.batcher import BatchStats
 from frugal.serve.limits import send_json
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,14 @@ class Metrics:
         self.texts = Counter("frugal_texts", "Texts classified.", registry=self.registry)
         self.reloads = Counter("frugal_model_loads", "Model versions loaded and swapped in.", registry=self.registry)
         self.ready = Gauge("frugal_model_ready", "1 once a model is loaded.", registry=self.registry)
+        self.batch_texts = Histogram("frugal_batch_texts", "Texts per model batch (adaptive batching).", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.batch_wait = Histogram("frugal_batch_wait_seconds", "The first request's wait in the queue before its batch ran.",
+                                    registry=self.registry)  # fmt: skip
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_texts.observe(stats.texts)
+        self.batch_wait.observe(stats.waited_s)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -13,12 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
 from frugal.runtime import Predictor, load_predictor
-from frugal.runtime.manifest import TOKENIZER_DIR
 from frugal.serve.source import Release, Source
 
 log = logging.getLogger(__name__)
@@ -35,14 +33,8 @@ class Loaded:
     """One loaded version: the runtime's predictor plus what the API reports about it."""
 
     def __init__(self, release: Release, predictor: Predictor, batch_size: int) -> None:
-        from tokenizers import Tokenizer
-
         self.release, self.predictor, self.batch_size = release, predictor, batch_size
         self.loaded_at = datetime.now(UTC)
-        # The runtime truncates silently; an untruncated twin of its tokenizer tells which texts lost tokens.
-        self._counter = Tokenizer.from_file(str(Path(predictor.model_dir) / TOKENIZER_DIR / "tokenizer.json"))
-        self._counter.no_truncation()
-        self._counter.no_padding()
 
     @property
     def version(self) -> str:
@@ -53,17 +45,12 @@ class Loaded:
         return list(self.predictor.labels)
 
     def classify(self, texts: list[str]) -> list[Classified]:
-        proba = self.predictor.predict_proba(texts, self.batch_size)
-        truncated = self.truncated(texts)
+        proba, truncated = self.predictor.predict_flagged(texts, self.batch_size)
         labels = self.labels
         return [
             Classified(labels[int(np.argmax(row))], {label: float(p) for label, p in zip(labels, row, strict=True)}, cut)
             for row, cut in zip(proba, truncated, strict=True)
         ]
-
-    def truncated(self, texts: list[str]) -> list[bool]:
-        limit = self.predictor.manifest.max_length  # special tokens included, as the runtime counts them
-        return [len(e.ids) > limit for e in self._counter.encode_batch(texts)]
 
     def cost_usd(self, n_texts: int) -> float:
         """What serving n texts costs us at the variant's measured price; 0 when it is unknown (a folder source)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from frugal.accounts.store import Accounts, AccountsError, KeyInfo
+from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served
 from frugal.config.serve import ServeSettings
+from frugal.serve.batcher import Batcher
 from frugal.serve.errors import ApiError
+from frugal.serve.meter import Meter
 from frugal.serve.metrics import Metrics
-from frugal.serve.model import Loaded, ModelHolder
+from frugal.serve.model import Classified, Loaded, ModelHolder
 from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, Figures, ModelInfo, Prediction, PredictResponse
 
 
@@ -18,6 +22,8 @@ class Service:
     holder: ModelHolder
     store: Accounts
     metrics: Metrics
+    batcher: Batcher[Classified]
+    meter: Meter
 
     def authenticate(self, plaintext: str | None) -> KeyInfo:
         if not plaintext:
@@ -52,9 +58,9 @@ class Service:
                            f"Split the texts into requests of at most {self.settings.max_texts}.")  # fmt: skip
         loaded = self.model()
         self.admit(key, len(texts))
-        classified = loaded.classify(texts)
+        classified = self.batcher.run(loaded.classify, texts)
         labels = [c.label for c in classified]
-        self.store.record(key, request_id, texts, labels, loaded.version, loaded.cost_usd(len(texts)))
+        self.meter.add(Served(key, request_id, texts, labels, loaded.version, loaded.cost_usd(len(texts)), datetime.now(UTC)))
         self.metrics.texts.inc(len(texts))
         predictions = [Prediction(label=c.label, probabilities=c.probabilities, truncated=c.truncated) for c in classified]
         return PredictResponse(request_id=request_id, model_version=loaded.version, predictions=predictions)
@@ -64,11 +70,23 @@ class Service:
         if body.label not in labels:
             raise ApiError(422, f"label {body.label!r} is not one of the model's labels {labels}.", f"Send one of {labels}.")
         self.admit(key, 0)
+        if body.request_id is not None:
+            self.meter.flush()  # the request it cites may still be queued for the bill
         try:
-            feedback_id = self.store.add_feedback(key, body.label, text=body.text, request_id=body.request_id, index=body.index)
+            feedback_id = self._add_feedback(key, body)
         except AccountsError as exc:  # a request id (or index) this key never got back
             raise ApiError(404, exc.problem, exc.fix) from None
         return FeedbackResponse(feedback_id=feedback_id)
+
+    def _add_feedback(self, key: KeyInfo, body: FeedbackRequest) -> int:
+        try:
+            return self.store.add_feedback(key, body.label, text=body.text, request_id=body.request_id, index=body.index)
+        except AccountsError:
+            if body.request_id is None:
+                raise
+        # Another worker process may have answered it, its writer one flush away: look once more after that.
+        time.sleep(self.meter.flush_s)
+        return self.store.add_feedback(key, body.label, text=body.text, request_id=body.request_id, index=body.index)
 
     def info(self, key: KeyInfo) -> ModelInfo:
         loaded = self.model()

@@ -57,6 +57,10 @@ class CascadePredictor(Predictor):
             self._largest = (len(texts), len(rows))
         return proba
 
+    def predict_flagged(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """The cascade's probabilities; truncation as the cheap part (the folder's tokenizer) cuts the texts."""
+        return self.predict_proba(texts, batch_size), [bool(e.overflowing) for e in self.tokenize.encode(texts)]
+
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError("a cascade routes texts, not token batches: call predict_proba")
 

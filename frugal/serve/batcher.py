@@ -1,0 +1,122 @@
+"""Adaptive batching: the texts of requests that arrive together are answered by one length-ordered batch.
+
+The mechanism of Triton's dynamic batcher (or Ray Serve's `@serve.batch`), in one thread: a request's
+texts join a queue; the batch thread takes the first waiting request, keeps collecting until it holds
+`max_batch` texts or `max_wait_ms` have passed since that first request arrived, runs the whole lot
+through the model (which sorts it by length into `batch_size` runs), and hands each request its own
+rows back, in its order. One thread runs the model, so its `threads` are never shared by two batches
+at once; requests that arrive while a batch runs wait for the next one (the "plus one batch" of the
+latency bound). `max_wait_ms: 0` batches whatever is queued, without waiting for more.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+Answer = TypeVar("Answer")
+Model = Callable[[list[str]], Sequence[Answer]]
+
+
+@dataclass
+class _Job(Generic[Answer]):
+    model: Model[Answer]
+    texts: list[str]
+    future: Future[list[Answer]] = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One batch, for metrics and the latency-bound test: how many requests and texts, the longest wait, the run time."""
+
+    requests: int
+    texts: int
+    waited_s: float  # the first request's time in the queue before its batch started
+    run_s: float
+
+
+class Batcher(Generic[Answer]):
+    def __init__(self, max_batch: int, max_wait_ms: float, on_batch: Callable[[BatchStats], None] | None = None) -> None:
+        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Job[Answer] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="frugal-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, model: Model[Answer], texts: list[str]) -> Future[list[Answer]]:
+        """Queue `texts` for `model` (the version the request took: a reload mid-queue does not change its answer)."""
+        job: _Job[Answer] = _Job(model, list(texts))
+        self._queue.put(job)
+        return job.future
+
+    def run(self, model: Model[Answer], texts: list[str]) -> list[Answer]:
+        return self.submit(model, texts).result()
+
+    def stop(self) -> None:
+        """Answer everything queued, then end the thread."""
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, stopping = self._collect(first)
+            self._answer(jobs)
+            if stopping:
+                self._drain()
+                return
+
+    def _collect(self, first: _Job[Answer]) -> tuple[list[_Job[Answer]], bool]:
+        """The first job and whatever joins it before the batch is full or the first job's wait is up."""
+        jobs, size, deadline = [first], len(first.texts), first.arrived + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                job = self._queue.get(timeout=max(deadline - time.monotonic(), 0)) if self.max_wait_s else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs, False
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                self._answer([job])
+
+    def _answer(self, jobs: list[_Job[Answer]]) -> None:
+        started = time.monotonic()
+        for model in dict.fromkeys(job.model for job in jobs):  # one run per model version (a reload may split a batch)
+            group = [job for job in jobs if job.model == model]  # == : bound methods of one object are equal, not identical
+            texts = [text for job in group for text in job.texts]
+            try:
+                answers = list(model(texts))
+            except Exception as exc:  # each request gets the error; the batch thread lives on
+                for job in group:
+                    job.future.set_exception(exc)
+                continue
+            offset = 0
+            for job in group:
+                job.future.set_result(answers[offset : offset + len(job.texts)])
+                offset += len(job.texts)
+        if self.on_batch is not None:
+            stats = BatchStats(len(jobs), sum(len(j.texts) for j in jobs), started - jobs[0].arrived, time.monotonic() - started)
+            self.on_batch(stats)
