@@ -17,6 +17,7 @@ from frugal.accounts.models import Base
 from frugal.errors import FrugalError
 
 BACKENDS = ("sqlite", "postgresql")
+READ_ONLY = "frugal_read_only"  # an execution option: this connection only reads (SQLite: no write lock at BEGIN)
 _FIX_URL = "Set database_url in configs/serve.yaml (or FRUGAL_DATABASE_URL) to sqlite:///PATH or postgresql://USER:PASS@HOST/DB."
 
 
@@ -77,7 +78,8 @@ def _wal(dbapi_connection: Any, patience_s: float = 30.0) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     # IMMEDIATE takes the write lock at BEGIN, so a read-check-write (admit) is one step against every other
     # thread and process, and a second writer waits for the lock rather than failing when it upgrades a read lock.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read-only session (a key check, a report) takes no lock: in WAL it reads the last commit while writers go on.
+    connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def increment(session: Session, model: type[Base], keys: dict[str, Any], **amounts: int | float) -> None:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from math import ceil
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import sessionmaker
 
 from frugal.accounts import db
@@ -124,6 +124,7 @@ class Accounts:
         self.plans = dict(plans)
         self.engine = db.make_engine(self.url, AccountsError)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{db.READ_ONLY: True}), expire_on_commit=False)  # no write lock
 
     def migrate(self) -> None:
         db.migrate(self.engine, self.url, AccountsError)
@@ -143,7 +144,7 @@ class Accounts:
         return plaintext, _info(row)
 
     def list_keys(self) -> list[KeyInfo]:
-        with self._sessions() as session:
+        with self._reads() as session:
             return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.key_id))]
 
     def revoke(self, key_id: str, now: datetime | None = None) -> KeyInfo:
@@ -158,7 +159,7 @@ class Accounts:
 
     def authenticate(self, plaintext: str) -> KeyInfo | None:
         query = select(ApiKey).where(ApiKey.secret_sha256 == _digest(plaintext), ApiKey.revoked_at.is_(None))
-        with self._sessions() as session:
+        with self._reads() as session:
             row = session.scalars(query).first()
             return _info(row) if row else None
 
@@ -212,8 +213,7 @@ class Accounts:
             rows += [_served_text(served, i, text, label) for i, (text, label) in enumerate(zip(served.texts, served.labels, strict=True))]
         with self._sessions.begin() as session:
             # Rows first, counters in key order: two writers, or a writer and `admit`, never wait on each other in a cycle.
-            session.add_all(rows)
-            session.flush()
+            session.execute(insert(ServedText), rows)  # one executemany, not an ORM object per text
             for (key_id, month), (cost, billed) in sorted(bills.items()):
                 db.increment(session, MonthlyUsage, {"key_id": key_id, "month": month}, cost_usd=cost, billed_usd=billed)
 
@@ -237,7 +237,7 @@ class Accounts:
             return row.id
 
     def feedback_rows(self) -> list[FeedbackRow]:
-        with self._sessions() as session:
+        with self._reads() as session:
             rows = session.scalars(select(Feedback).order_by(Feedback.id))
             return [FeedbackRow(r.text, r.label, r.created_at, r.key_id) for r in rows]
 
@@ -250,7 +250,7 @@ class Accounts:
         )
         if month is not None:
             query = query.where(MonthlyUsage.month == _check_month(month))
-        with self._sessions() as session:
+        with self._reads() as session:
             return [
                 UsageRow(u.key_id, name, plan, u.month, u.requests, u.texts, u.cost_usd, u.billed_usd, u.billed_usd - u.cost_usd)
                 for u, name, plan in session.execute(query)
@@ -261,10 +261,10 @@ def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def _served_text(served: Served, index: int, text: str, label: str) -> ServedText:
+def _served_text(served: Served, index: int, text: str, label: str) -> dict[str, object]:
     key_id, version = served.key.key_id, served.model_version
-    return ServedText(request_id=served.request_id, index=index, key_id=key_id, text=text, label=label, model_version=version,
-                      created_at=served.at)  # fmt: skip
+    return {"request_id": served.request_id, "index": index, "key_id": key_id, "text": text, "label": label, "model_version": version,
+            "created_at": served.at}  # fmt: skip
 
 
 def _info(row: ApiKey) -> KeyInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response, Security
@@ -58,7 +59,11 @@ Key = Annotated[KeyInfo, Depends(api_key)]
 async def predict(request: Request, key: Key) -> PredictResponse:
     """Classify texts: a label, every label's probability and a truncation flag per text."""
     body = await parse(request, PredictRequest)
-    return await run_in_threadpool(service(request).predict, key, body.texts, request.state.request_id)
+    serving = service(request)
+    loaded = await run_in_threadpool(serving.admitted, key, body.texts)
+    # Awaited, not waited for in a worker thread: a request queued for its batch holds no thread from the pool.
+    classified = await asyncio.wrap_future(serving.batcher.submit(loaded.classify, body.texts))
+    return serving.answer(key, body.texts, loaded, classified, request.state.request_id)
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, responses=_ERRORS,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served
@@ -15,6 +16,8 @@ from frugal.serve.metrics import Metrics
 from frugal.serve.model import Classified, Loaded, ModelHolder
 from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, Figures, ModelInfo, Prediction, PredictResponse
 
+KNOWN_KEY_SECONDS, MAX_KNOWN_KEYS = 10.0, 10_000
+
 
 @dataclass
 class Service:
@@ -24,12 +27,23 @@ class Service:
     metrics: Metrics
     batcher: Batcher[Classified]
     meter: Meter
+    # Known keys for a few seconds: a key check costs no database read on the hot path. Safe because admission reads
+    # the key's row again in its own write (a key revoked meanwhile gets 401 there); unknown keys are never cached.
+    _known: dict[str, tuple[float, KeyInfo]] = field(default_factory=dict)
 
     def authenticate(self, plaintext: str | None) -> KeyInfo:
         if not plaintext:
             raise ApiError(401, "No API key.", "Send `Authorization: Bearer <key>` or `X-API-Key: <key>` (keys: `frugal keys create`).",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        digest = hashlib.sha256(plaintext.encode()).hexdigest()
+        known = self._known.get(digest)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
         key = self.store.authenticate(plaintext)
+        if key is not None:
+            if len(self._known) > MAX_KNOWN_KEYS:  # a bound on memory: start over rather than track ages
+                self._known.clear()
+            self._known[digest] = (time.monotonic() + KNOWN_KEY_SECONDS, key)
         if key is None:
             raise ApiError(401, "Unknown or revoked API key.", "Check the key; ask the operator for a new one if it was revoked.",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
@@ -52,13 +66,17 @@ class Service:
             fix = fixes.get(admission.status, "Ask the operator for a key on a current plan.")
             raise ApiError(admission.status, admission.reason or "Request refused.", fix, headers)
 
-    def predict(self, key: KeyInfo, texts: list[str], request_id: str) -> PredictResponse:
+    def admitted(self, key: KeyInfo, texts: list[str]) -> Loaded:
+        """A predict request's checks and admission (one short write): the model version that will answer it."""
         if len(texts) > self.settings.max_texts:
             raise ApiError(422, f"{len(texts)} texts in one request; the limit is {self.settings.max_texts}.",
                            f"Split the texts into requests of at most {self.settings.max_texts}.")  # fmt: skip
         loaded = self.model()
         self.admit(key, len(texts))
-        classified = self.batcher.run(loaded.classify, texts)
+        return loaded
+
+    def answer(self, key: KeyInfo, texts: list[str], loaded: Loaded, classified: list[Classified], request_id: str) -> PredictResponse:
+        """The response, with its bill queued for the metering writer (no database write here)."""
         labels = [c.label for c in classified]
         self.meter.add(Served(key, request_id, texts, labels, loaded.version, loaded.cost_usd(len(texts)), datetime.now(UTC)))
         self.metrics.texts.inc(len(texts))
