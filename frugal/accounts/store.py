@@ -30,7 +30,9 @@ import hashlib
 import os
 import re
 import secrets
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import ceil
@@ -124,6 +126,10 @@ class Accounts:
         self.plans = dict(plans)
         self.engine = db.make_engine(self.url, AccountsError)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps and retries with growing
+        # sleeps (up to 100 ms): under many threads some lose again and again. This process's writers queue here instead;
+        # other processes still meet at SQLite's lock. PostgreSQL queues the row locks itself.
+        self._writer: AbstractContextManager[object] = threading.Lock() if self.url.get_backend_name() == "sqlite" else nullcontext()
         self._reads = sessionmaker(self.engine.execution_options(**{db.READ_ONLY: True}), expire_on_commit=False)  # no write lock
 
     def migrate(self) -> None:
@@ -170,7 +176,7 @@ class Accounts:
         if plan is None:
             return Admission(False, 403, None, f"Key {key.key_id} is on plan {key.plan!r}, which no longer exists; ask for a new key.")
         minute, month = _minute(now), _month(now)
-        with self._sessions.begin() as session:
+        with self._writer, self._sessions.begin() as session:
             # Lock the key's row first, so concurrent admits of one key queue and check-then-count is one step
             # (PostgreSQL: SELECT ... FOR NO KEY UPDATE, which still lets a writer's foreign-key checks on the key through;
             # SQLite ignores it, its BEGIN IMMEDIATE already lets one writer in).
@@ -211,7 +217,7 @@ class Accounts:
             bill[0] += served.cost_usd
             bill[1] += (plan.usd_per_1k_texts if plan else 0.0) * len(served.texts) / 1000
             rows += [_served_text(served, i, text, label) for i, (text, label) in enumerate(zip(served.texts, served.labels, strict=True))]
-        with self._sessions.begin() as session:
+        with self._writer, self._sessions.begin() as session:
             # Rows first, counters in key order: two writers, or a writer and `admit`, never wait on each other in a cycle.
             session.execute(insert(ServedText), rows)  # one executemany, not an ORM object per text
             for (key_id, month), (cost, billed) in sorted(bills.items()):
