@@ -91,6 +91,8 @@ def _serving_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one serve setting, e.g. -s port=9000 (repeatable)")  # fmt: skip
     serve.add_argument("--project-dir", default=None, help="where mlflow.db and serve.db live when the config leaves them null")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="server processes sharing the port and the accounts database (the same as -s workers=N)")  # fmt: skip
 
 
 def _serve_args(cmd: argparse.ArgumentParser) -> None:
@@ -156,7 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from frugal.serve.app import create_app, worker_env  # (FastAPI, Prometheus: the same)
 
-    settings = load_settings(args.serve_config, args.overrides)
+    workers = [f"workers={args.workers}"] if args.workers is not None else []
+    settings = load_settings(args.serve_config, [*args.overrides, *workers])
     root = ProjectPaths.resolve(args.project_dir).root
     app = create_app(settings, root)  # migrates the accounts schema once, and a bad setting fails here, before any worker starts
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # model loads and reloads

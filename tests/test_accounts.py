@@ -245,6 +245,8 @@ def test_cli_keys_and_usage(tmp_path: Path) -> None:
         (("keys", "create", "--name", "acme", "--plan", "gold"), "Unknown plan 'gold'"),
         (("keys", "revoke", "fk_00000000"), "No API key 'fk_00000000'"),
         (("usage", "--month", "March"), "Month 'March' is not YYYY-MM"),
+        (("serve", "--workers", "0"), "workers: Input should be greater than 0"),
+        (("serve", "-s", "max_wait_ms=-1"), "max_wait_ms: Input should be greater than or equal to 0"),
     ],
 )
 def test_cli_errors_are_one_message(tmp_path: Path, args: tuple[str, ...], problem: str) -> None:

@@ -34,14 +34,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from math import ceil
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import sessionmaker
 
 from frugal.accounts import db
+from frugal.accounts.clock import minute_of, month_of, next_month, seconds_until, utc
 from frugal.accounts.models import ApiKey, Feedback, MinuteRequests, MonthlyUsage, ServedText
 from frugal.config.serve import Plan, ServeSettings, database_url, load_settings
 from frugal.errors import FrugalError
@@ -144,7 +144,7 @@ class Accounts:
             raise AccountsError(f"Unknown plan {plan!r}.", f"Use one of {known}, or add the plan to the serve config (configs/serve.yaml).")
         plaintext = secrets.token_urlsafe(32)
         # 32 bits of key_id: a clash (about one in a billion at 100 keys) fails on the primary key, never overwrites.
-        row = ApiKey(key_id=f"fk_{secrets.token_hex(4)}", secret_sha256=_digest(plaintext), name=name, plan=plan, created_at=_utc(now))
+        row = ApiKey(key_id=f"fk_{secrets.token_hex(4)}", secret_sha256=_digest(plaintext), name=name, plan=plan, created_at=utc(now))
         with self._sessions.begin() as session:
             session.add(row)
         return plaintext, _info(row)
@@ -160,7 +160,7 @@ class Accounts:
             if row is None:
                 raise AccountsError(f"No API key {key_id!r}.", "Run `frugal keys list` for the key ids (fk_...).")
             if row.revoked_at is None:
-                row.revoked_at = _utc(now)
+                row.revoked_at = utc(now)
             return _info(row)
 
     def authenticate(self, plaintext: str) -> KeyInfo | None:
@@ -171,11 +171,11 @@ class Accounts:
 
     def admit(self, key: KeyInfo, n_texts: int, now: datetime | None = None) -> Admission:
         """May this request run now? If so it is counted: one request this minute, one request and n_texts this month."""
-        now = _utc(now)
+        now = utc(now)
         plan = self.plans.get(key.plan)
         if plan is None:
             return Admission(False, 403, None, f"Key {key.key_id} is on plan {key.plan!r}, which no longer exists; ask for a new key.")
-        minute, month = _minute(now), _month(now)
+        minute, month = minute_of(now), month_of(now)
         with self._writer, self._sessions.begin() as session:
             # Lock the key's row first, so concurrent admits of one key queue and check-then-count is one step
             # (PostgreSQL: SELECT ... FOR NO KEY UPDATE, which still lets a writer's foreign-key checks on the key through;
@@ -186,12 +186,12 @@ class Accounts:
             this_minute = session.scalar(select(MinuteRequests.requests).filter_by(key_id=key.key_id, minute=minute)) or 0
             if this_minute >= plan.requests_per_minute:
                 reason = f"Rate limit: {plan.requests_per_minute} requests per minute on plan {key.plan!r}."
-                return Admission(False, 429, _seconds_until((minute + 1) * 60, now), reason)
+                return Admission(False, 429, seconds_until((minute + 1) * 60, now), reason)
             this_month = session.scalar(select(MonthlyUsage.texts).filter_by(key_id=key.key_id, month=month)) or 0
             if this_month + n_texts > plan.texts_per_month:
                 reason = (f"Monthly quota: {this_month} of {plan.texts_per_month} texts used in {month} on plan {key.plan!r}; "
                           f"this request has {n_texts}.")  # fmt: skip
-                return Admission(False, 429, _seconds_until(_next_month(now).timestamp(), now), reason)
+                return Admission(False, 429, seconds_until(next_month(now).timestamp(), now), reason)
             db.increment(session, MinuteRequests, {"key_id": key.key_id, "minute": minute}, requests=1)
             db.increment(session, MonthlyUsage, {"key_id": key.key_id, "month": month}, requests=1, texts=n_texts)
             # Earlier minutes are never read again.
@@ -203,7 +203,7 @@ class Accounts:
         now: datetime | None = None,
     ) -> None:  # fmt: skip
         """After a request is answered: its cost and price go on the month's bill, its texts are kept for feedback by id."""
-        self.record_many([Served(key, request_id, list(texts), list(labels), model_version, cost_usd, _utc(now))])
+        self.record_many([Served(key, request_id, list(texts), list(labels), model_version, cost_usd, utc(now))])
 
     def record_many(self, answered: Sequence[Served]) -> None:
         """`record` for many requests in one transaction (the server's background writer): one upsert per key and month."""
@@ -213,7 +213,7 @@ class Accounts:
         rows = []
         for served in answered:
             plan = self.plans.get(served.key.plan)
-            bill = bills.setdefault((served.key.key_id, _month(served.at)), [0.0, 0.0])
+            bill = bills.setdefault((served.key.key_id, month_of(served.at)), [0.0, 0.0])
             bill[0] += served.cost_usd
             bill[1] += (plan.usd_per_1k_texts if plan else 0.0) * len(served.texts) / 1000
             rows += [_served_text(served, i, text, label) for i, (text, label) in enumerate(zip(served.texts, served.labels, strict=True))]
@@ -237,7 +237,7 @@ class Accounts:
             elif text is None:
                 raise AccountsError("Feedback names neither a text nor a request_id.", "Send the text, or the request_id (and index).")
             row = Feedback(key_id=key.key_id, request_id=request_id, index=index if request_id is not None else None, text=text,
-                           label=label, created_at=_utc(now))  # fmt: skip
+                           label=label, created_at=utc(now))  # fmt: skip
             session.add(row)
             session.flush()
             return row.id
@@ -277,32 +277,8 @@ def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.key_id, row.name, row.plan, row.created_at, row.revoked_at)
 
 
-def _utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"naive datetime {now!r}: pass an aware time, e.g. datetime.now(UTC)")
-    return now.astimezone(UTC)
-
-
-def _minute(now: datetime) -> int:
-    return int(now.timestamp()) // 60
-
-
-def _month(now: datetime) -> str:
-    return now.strftime("%Y-%m")
-
-
-def _next_month(now: datetime) -> datetime:
-    return datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-
-
-def _seconds_until(then: float, now: datetime) -> int:
-    return max(1, ceil(then - now.timestamp()))
-
-
 def current_month(now: datetime | None = None) -> str:
-    return _month(_utc(now))
+    return month_of(utc(now))
 
 
 def _check_month(month: str) -> str:
