@@ -21,6 +21,11 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Prefect binds its console log handler to the sys.stderr of the moment it sets up logging (at `prefect.main`'s import).
+# Set up here, that is pytest's session-long capture; set up inside a test that uses capsys (an in-process CLI call), it
+# would be that test's stream, closed afterwards, and every later flow's log line would fail (test_feedback.py alone).
+import prefect.main  # noqa: E402, F401
+
 from frugal.accounts.store import Accounts  # noqa: E402
 from frugal.config import RunConfig, load_config  # noqa: E402
 from frugal.config.serve import Plan  # noqa: E402
