@@ -103,6 +103,24 @@ def test_a_failing_model_fails_its_requests_and_the_batcher_carries_on(stats: li
         batcher.stop()
 
 
+def test_a_short_answer_or_a_failing_hook_fails_the_batch_not_the_batcher() -> None:
+    def short(texts: list[str]) -> list[str]:
+        return texts[:-1]
+
+    def broken_hook(stats: BatchStats) -> None:
+        raise ValueError("metrics fell over")
+
+    batcher: Batcher = Batcher(64, 0, broken_hook)
+    batcher.start()
+    try:
+        with pytest.raises(RuntimeError, match="answered 1 of 2 texts"):
+            batcher.run(short, ["a", "b"])
+        assert batcher.run(Model(0), ["c"]) == [("C", 1)]  # answered before the hook failed; the thread lives on
+        assert batcher.run(Model(0), ["d"]) == [("D", 1)]
+    finally:
+        batcher.stop()
+
+
 def test_requests_for_two_model_versions_in_one_batch_each_run_on_their_own(stats: list[BatchStats]) -> None:
     old, new = Model(0.05), Model(0.05)
     batcher = started(64, 100, stats)

@@ -74,7 +74,13 @@ class Batcher(Generic[Answer]):
             if first is None:
                 return
             jobs, stopping = self._collect(first)
-            self._answer(jobs)
+            try:
+                self._answer(jobs)
+            except Exception as exc:  # a bug past the model call must fail these requests, never hang every later one
+                log.exception("Batch of %d request(s) failed", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             if stopping:
                 self._drain()
                 return
@@ -109,6 +115,8 @@ class Batcher(Generic[Answer]):
             texts = [text for job in group for text in job.texts]
             try:
                 answers = list(model(texts))
+                if len(answers) != len(texts):
+                    raise RuntimeError(f"the model answered {len(answers)} of {len(texts)} texts")
             except Exception as exc:  # each request gets the error; the batch thread lives on
                 for job in group:
                     job.future.set_exception(exc)
