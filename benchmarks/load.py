@@ -96,14 +96,30 @@ async def measure(args: argparse.Namespace, key: str, bodies: list[tuple[bytes, 
         cursor = itertools.count()  # shared by warm-up and timed window: the timed one goes on with the next texts
         warm = await hammer(http, bodies, args.clients, args.warmup, cursor) if args.warmup > 0 else Tally()
         server_before = cpu_s(args.server_pid) if args.server_pid else 0.0
+        buckets_before = await app_buckets(http)
         cpu_before, began = own_cpu_s(), time.perf_counter()
         timed = await hammer(http, bodies, args.clients, args.seconds, cursor)
         wall_s, client_cpu_s = time.perf_counter() - began, own_cpu_s() - cpu_before
         server_cpu_s = cpu_s(args.server_pid) - server_before if args.server_pid else None
+        app = {le: n - buckets_before.get(le, 0) for le, n in (await app_buckets(http)).items()}
     return {
         "clients": args.clients, "latencies_s": timed.latencies_s, "texts": timed.texts, "errors": timed.errors,
         "error_kinds": timed.error_kinds, "warmup_errors": warm.errors, "warmup_error_kinds": warm.error_kinds,
-        "wall_s": wall_s, "cpu_s": client_cpu_s, "server_cpu_s": server_cpu_s,
+        "wall_s": wall_s, "cpu_s": client_cpu_s, "server_cpu_s": server_cpu_s, "app_buckets": app,
+    }  # fmt: skip
+
+
+async def app_buckets(http: httpx.AsyncClient) -> dict[str, float]:
+    """The server's own /v1/predict latency histogram (frugal_request_seconds, cumulative counts by upper bound): what the
+    app measured from the request's first byte parsed to its answer, without the time in sockets and in this client.
+    With several workers /metrics is one worker's (whichever answers), so the report gives it for one worker only."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await http.get("/metrics")).text
+    return {
+        sample.labels["le"]: sample.value
+        for family in text_string_to_metric_families(text) if family.name == "frugal_request_seconds"
+        for sample in family.samples if sample.name.endswith("_bucket") and sample.labels.get("endpoint") == "/v1/predict"
     }  # fmt: skip
 
 

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from benchmarks.serving import ROOT, Target
 
 DB_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
-HEADER = ["accounts db", "model", "variant", "format", "clients", "requests/s", "texts/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-          "server peak MB", "server CPU", "client CPU", "served / offline"]  # fmt: skip
+HEADER = ["accounts db", "model", "variant", "format", "clients", "requests/s", "texts/s", "p50 ms", "p95 ms", "p99 ms",
+          "app p99 ms", "errors", "server peak MB", "server CPU", "client CPU", "served / offline"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ def error_cell(level: Level) -> str:
     return str(level.errors) + (f" ({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))})" if kinds else "")
 
 
+def app_p99(load: dict) -> str:
+    """`<= X`: the upper bound of the server histogram's bucket holding its 99th percentile (one worker's, see load.py)."""
+    buckets = sorted(((float(le), n) for le, n in load.get("app_buckets", {}).items()), key=lambda b: b[0])
+    total = buckets[-1][1] if buckets else 0
+    bound = next((le for le, n in buckets if n >= 0.99 * total), None) if total else None
+    return "?" if bound is None else ("> 10 s" if bound == float("inf") else f"<= {bound * 1000:.0f}")
+
+
 def row(level: Level) -> list[str]:
     import numpy as np
 
@@ -52,7 +60,7 @@ def row(level: Level) -> list[str]:
     served = load["texts"] / wall
     return [
         DB_NAMES[level.db], level.target.label, level.target.variant, level.format, str(level.clients),
-        f"{len(load['latencies_s']) / wall:.1f}", f"{served:.1f}", *(f"{x:.1f}" for x in ms), error_cell(level),
+        f"{len(load['latencies_s']) / wall:.1f}", f"{served:.1f}", *(f"{x:.1f}" for x in ms), app_p99(load), error_cell(level),
         f"{level.peak_mb:.0f}", cores(load["server_cpu_s"], wall), cores(load["cpu_s"], wall), f"{served / level.target.offline_per_s:.2f}",
     ]  # fmt: skip
 
@@ -91,7 +99,9 @@ def render(levels: list[Level], skipped: dict[str, str], args: argparse.Namespac
             *servers(levels),
             "",
             "The clients are one process (benchmarks/load.py, async httpx) on the same machine. requests/s and texts/s count "
-            "answered requests over the timed window; latency is per request as the client saw it; errors include the "
+            "answered requests over the timed window; latency is per request as the client saw it; app p99 ms: the bound of "
+            "the server's own latency histogram bucket (`frugal_request_seconds`, one worker's) that holds its 99th percentile, "
+            "time in sockets and in the client excluded; errors include the "
             "warm-up's (by HTTP status or exception). server peak MB: the summed VmHWM of `frugal serve` and its child "
             "processes (workers), since it started, so a row includes the levels before it. server CPU and client CPU: "
             f"CPU seconds (user + system) over the timed window per wall second, in cores of the machine's {os.cpu_count()}; "
