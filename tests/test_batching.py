@@ -50,7 +50,7 @@ def test_concurrent_requests_of_different_sizes_get_their_own_answers_in_order(m
         assert [text for text, _ in answer] == [t.upper() for t in texts]  # its own texts, in its order
         assert len({run for _, run in answer}) == 1  # one request is never split across runs
     assert model.runs < len(requests) and max(s.requests for s in stats) > 1  # they did share batches
-    assert sum(s.texts for s in stats) == sum(map(len, requests))
+    assert sum(s.items for s in stats) == sum(map(len, requests))
 
 
 def test_a_batch_stops_collecting_at_max_batch(stats: list[BatchStats]) -> None:
@@ -60,7 +60,7 @@ def test_a_batch_stops_collecting_at_max_batch(stats: list[BatchStats]) -> None:
             list(pool.map(lambda i: batcher.run(model, [f"t{i}"] * 4), range(12)))
     finally:
         batcher.stop()
-    assert max(s.texts for s in stats) == 8  # two requests of 4, never three
+    assert max(s.items for s in stats) == 8  # two requests of 4, never three
 
 
 def test_a_request_waits_at_most_max_wait_ms_plus_one_batch(stats: list[BatchStats]) -> None:
@@ -113,7 +113,7 @@ def test_a_short_answer_or_a_failing_hook_fails_the_batch_not_the_batcher() -> N
     batcher: Batcher = Batcher(64, 0, broken_hook)
     batcher.start()
     try:
-        with pytest.raises(RuntimeError, match="answered 1 of 2 texts"):
+        with pytest.raises(RuntimeError, match="answered 1 of 2 items"):
             batcher.run(short, ["a", "b"])
         assert batcher.run(Model(0), ["c"]) == [("C", 1)]  # answered before the hook failed; the thread lives on
         assert batcher.run(Model(0), ["d"]) == [("D", 1)]

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
 from frugal.accounts import db
-from frugal.accounts.clock import minute_of, month_of, next_month, seconds_until, utc
-from frugal.accounts.models import ApiKey, Feedback, MinuteRequests, MonthlyUsage, ServedText
+from frugal.accounts.admission import Admission, admit_many
+from frugal.accounts.clock import month_of, utc
+from frugal.accounts.models import ApiKey, Feedback, MonthlyUsage, ServedText
 from frugal.config.serve import Plan, ServeSettings, database_url, load_settings
 from frugal.errors import FrugalError
 from frugal.paths import ProjectPaths
@@ -61,14 +62,6 @@ class KeyInfo:
     plan: str
     created_at: datetime
     revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Admission:
-    ok: bool
-    status: int
-    retry_after: int | None  # seconds, for the Retry-After header of a 429
-    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -171,32 +164,12 @@ class Accounts:
 
     def admit(self, key: KeyInfo, n_texts: int, now: datetime | None = None) -> Admission:
         """May this request run now? If so it is counted: one request this minute, one request and n_texts this month."""
-        now = utc(now)
-        plan = self.plans.get(key.plan)
-        if plan is None:
-            return Admission(False, 403, None, f"Key {key.key_id} is on plan {key.plan!r}, which no longer exists; ask for a new key.")
-        minute, month = minute_of(now), month_of(now)
+        return self.admit_many([(key, n_texts)], now)[0]
+
+    def admit_many(self, requests: Sequence[tuple[KeyInfo, int]], now: datetime | None = None) -> list[Admission]:
+        """`admit` for many requests, in their order, in one transaction (frugal/accounts/admission.py)."""
         with self._writer, self._sessions.begin() as session:
-            # Lock the key's row first, so concurrent admits of one key queue and check-then-count is one step
-            # (PostgreSQL: SELECT ... FOR NO KEY UPDATE, which still lets a writer's foreign-key checks on the key through;
-            # SQLite ignores it, its BEGIN IMMEDIATE already lets one writer in).
-            row = session.scalars(select(ApiKey).where(ApiKey.key_id == key.key_id).with_for_update(key_share=True)).first()
-            if row is None or row.revoked_at is not None:
-                return Admission(False, 401, None, f"Key {key.key_id} has been revoked.")
-            this_minute = session.scalar(select(MinuteRequests.requests).filter_by(key_id=key.key_id, minute=minute)) or 0
-            if this_minute >= plan.requests_per_minute:
-                reason = f"Rate limit: {plan.requests_per_minute} requests per minute on plan {key.plan!r}."
-                return Admission(False, 429, seconds_until((minute + 1) * 60, now), reason)
-            this_month = session.scalar(select(MonthlyUsage.texts).filter_by(key_id=key.key_id, month=month)) or 0
-            if this_month + n_texts > plan.texts_per_month:
-                reason = (f"Monthly quota: {this_month} of {plan.texts_per_month} texts used in {month} on plan {key.plan!r}; "
-                          f"this request has {n_texts}.")  # fmt: skip
-                return Admission(False, 429, seconds_until(next_month(now).timestamp(), now), reason)
-            db.increment(session, MinuteRequests, {"key_id": key.key_id, "minute": minute}, requests=1)
-            db.increment(session, MonthlyUsage, {"key_id": key.key_id, "month": month}, requests=1, texts=n_texts)
-            # Earlier minutes are never read again.
-            session.execute(delete(MinuteRequests).where(MinuteRequests.key_id == key.key_id, MinuteRequests.minute < minute))
-        return Admission(True, 200, None, None)
+            return admit_many(session, self.plans, requests, utc(now))
 
     def record(
         self, key: KeyInfo, request_id: str, texts: Sequence[str], labels: Sequence[str], model_version: str, cost_usd: float,

@@ -60,8 +60,9 @@ async def predict(request: Request, key: Key) -> PredictResponse:
     """Classify texts: a label, every label's probability and a truncation flag per text."""
     body = await parse(request, PredictRequest)
     serving = service(request)
-    loaded = await run_in_threadpool(serving.admitted, key, body.texts)
-    # Awaited, not waited for in a worker thread: a request queued for its batch holds no thread from the pool.
+    loaded = serving.checked(body.texts)
+    # Awaited, not waited for in a worker thread: a request queued for admission or for its batch holds no pool thread.
+    serving.require((await asyncio.wrap_future(serving.admission(key, len(body.texts))))[0])
     classified = await asyncio.wrap_future(serving.batcher.submit(loaded.classify, body.texts))
     return serving.answer(key, body.texts, loaded, classified, request.state.request_id)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from frugal import __version__
-from frugal.accounts.store import Accounts, url_for
+from frugal.accounts.admission import Admission
+from frugal.accounts.store import Accounts, KeyInfo, url_for
 from frugal.config.serve import ServeSettings
 from frugal.serve import api
 from frugal.serve.batcher import Batcher
@@ -33,6 +34,7 @@ from frugal.serve.source import source_for
 
 log = logging.getLogger(__name__)
 WORKER_ENV = "FRUGAL_SERVE_WORKER"
+ADMISSIONS_PER_WRITE = 256  # a bound on one admission transaction (its time is the wait of every request in it)
 DESCRIPTION = """Classify texts with the registered champion. Every /v1 call needs an API key
 (`Authorization: Bearer <key>` or `X-API-Key`), is rate-limited and metered by the key's plan."""
 
@@ -45,13 +47,16 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
     threads = max(1, settings.threads // settings.workers)  # each worker process gets its share of the inference threads
     holder = ModelHolder(source_for(settings, project_root), threads, settings.batch_size, settings.reload_seconds)
     holder.on_swap = _count_swap(metrics)
-    batcher: Batcher[Classified] = Batcher(settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
-    service = Service(settings, holder, store, metrics, batcher, Meter(store, settings.meter_flush_ms))
+    batcher: Batcher[str, Classified] = Batcher(settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
+    # Admissions are batched too: one transaction for every request that arrived while the last one was written.
+    admissions: Batcher[tuple[KeyInfo, int], Admission] = Batcher(ADMISSIONS_PER_WRITE, 0)
+    service = Service(settings, holder, store, metrics, batcher, admissions, Meter(store, settings.meter_flush_ms))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         holder.start()
         batcher.start()
+        admissions.start()
         service.meter.start()
         unhook = _on_sighup(holder.wake)
         try:
@@ -59,6 +64,7 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
         finally:  # uvicorn has finished the requests in flight: answer what is queued, then bill it all (SIGTERM loses nothing)
             unhook()
             batcher.stop()
+            admissions.stop()
             service.meter.stop()
             holder.stop()
             store.close()

@@ -35,7 +35,7 @@ class Metrics:
                                     registry=self.registry)  # fmt: skip
 
     def observe_batch(self, stats: BatchStats) -> None:
-        self.batch_texts.observe(stats.texts)
+        self.batch_texts.observe(stats.items)
         self.batch_wait.observe(stats.waited_s)
 
     def render(self) -> tuple[bytes, str]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from frugal.accounts.admission import Admission
 from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served
 from frugal.config.serve import ServeSettings
 from frugal.serve.batcher import Batcher
@@ -25,7 +27,8 @@ class Service:
     holder: ModelHolder
     store: Accounts
     metrics: Metrics
-    batcher: Batcher[Classified]
+    batcher: Batcher[str, Classified]
+    admissions: Batcher[tuple[KeyInfo, int], Admission]
     meter: Meter
     # Known keys for a few seconds: a key check costs no database read on the hot path. Safe because admission reads
     # the key's row again in its own write (a key revoked meanwhile gets 401 there); unknown keys are never cached.
@@ -57,23 +60,28 @@ class Service:
                            {"Retry-After": "5"})  # fmt: skip
         return loaded
 
+    def admission(self, key: KeyInfo, n_texts: int) -> Future[list[Admission]]:
+        """Queue a request for admission: the requests that arrive together are admitted in one transaction."""
+        return self.admissions.submit(self.store.admit_many, [(key, n_texts)])
+
     def admit(self, key: KeyInfo, n_texts: int) -> None:
         """Every /v1 request counts toward the key's rate; predicted texts also toward its monthly quota."""
-        admission = self.store.admit(key, n_texts)
+        self.require(self.admission(key, n_texts).result()[0])
+
+    @staticmethod
+    def require(admission: Admission) -> None:
         if not admission.ok:
             headers = {"Retry-After": str(admission.retry_after)} if admission.retry_after is not None else {}
             fixes = {429: "Wait for Retry-After seconds, or move the key to a larger plan.", 401: "Ask the operator for a new key."}
             fix = fixes.get(admission.status, "Ask the operator for a key on a current plan.")
             raise ApiError(admission.status, admission.reason or "Request refused.", fix, headers)
 
-    def admitted(self, key: KeyInfo, texts: list[str]) -> Loaded:
-        """A predict request's checks and admission (one short write): the model version that will answer it."""
+    def checked(self, texts: list[str]) -> Loaded:
+        """A predict request's own checks (no I/O): the model version that will answer it."""
         if len(texts) > self.settings.max_texts:
             raise ApiError(422, f"{len(texts)} texts in one request; the limit is {self.settings.max_texts}.",
                            f"Split the texts into requests of at most {self.settings.max_texts}.")  # fmt: skip
-        loaded = self.model()
-        self.admit(key, len(texts))
-        return loaded
+        return self.model()
 
     def answer(self, key: KeyInfo, texts: list[str], loaded: Loaded, classified: list[Classified], request_id: str) -> PredictResponse:
         """The response, with its bill queued for the metering writer (no database write here)."""
