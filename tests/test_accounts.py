@@ -18,7 +18,7 @@ from conftest import MARCH, PLANS  # the accounts fixtures' plans (conftest.py, 
 from sqlalchemy import MetaData, select, text
 
 from frugal.accounts.models import VERSION_TABLE, Base
-from frugal.accounts.store import Accounts, AccountsError
+from frugal.accounts.store import Accounts, AccountsError, KeyInfo
 from frugal.config.serve import load_settings
 from tools import postgres  # on the path by conftest.py
 
@@ -172,6 +172,22 @@ def test_two_processes_migrate_a_fresh_database_at_once(url: str) -> None:
         assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
     assert store.create_key("acme", "small")[1] in store.list_keys()
     store.close()
+
+
+def test_a_group_of_admissions_is_decided_in_order_as_one_by_one(accounts: Accounts) -> None:
+    """One transaction for many requests (the server's group commit) decides exactly what the same requests one by one would."""
+    _, small = accounts.create_key("small", "small")  # 5 requests a minute, 100 texts a month
+    _, big = accounts.create_key("big", "big")
+    _, gone = accounts.create_key("gone", "big")
+    accounts.revoke(gone.key_id)
+    ghost = KeyInfo("fk_ghost", "ghost", "platinum", MARCH, None)  # a plan no longer in the config
+    requests = [(small, 60), (big, 1), (small, 30), (small, 20), (gone, 1), (small, 10), (ghost, 1), (small, 0), (small, 0), (small, 0)]
+    statuses = [a.status for a in accounts.admit_many(requests, now=MARCH)]
+    # small: 60 ok, 30 ok (90), 20 over the quota (not counted), 10 ok (100), 0 and 0 ok (5 this minute), the 6th over the rate
+    assert statuses == [200, 200, 200, 429, 401, 200, 403, 200, 200, 429]
+    usage = {row.key_id: (row.requests, row.texts) for row in accounts.usage("2025-03")}
+    assert usage == {small.key_id: (5, 100), big.key_id: (1, 1)}
+    assert accounts.admit(small, 0, now=MARCH).status == 429  # the group's counts are in the database for the next one
 
 
 def test_concurrent_admits_never_exceed_the_rate(accounts: Accounts) -> None:

@@ -9,6 +9,7 @@ INTERFACE CONTRACT (the serving app codes against exactly this):
     store.revoke(key_id) -> KeyInfo                       # unknown key_id -> AccountsError
     store.authenticate(plaintext) -> KeyInfo | None       # None for unknown or revoked keys
     store.admit(key, n_texts, now=None) -> Admission      # rate (per minute) and monthly quota; counts the request if admitted
+    store.admit_many([(key, n_texts), ...], now=None) -> list[Admission]   # the same for many, in order, one transaction
     store.record(key, request_id, texts, labels, model_version, cost_usd, now=None)  # usage + what was served (for feedback by id)
     store.record_many([Served(...), ...])                 # the same for many requests, one transaction
     store.add_feedback(key, label, text=None, request_id=None, index=0) -> int        # unknown request id -> AccountsError
