@@ -134,15 +134,15 @@ def sample_key(name: str, **labels: str) -> str:
 
 def worker_pids(server: Server) -> list[int]:
     """uvicorn's worker processes: the children of `frugal serve` that multiprocessing spawned (not its resource tracker)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    from benchmarks.proctree import tree
+
+    def spawned(pid: int) -> bool:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == server.proc.pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-            pids.append(int(stat.parent.name))
-    return pids
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # it exited while we looked
+            return False
+
+    return [pid for pid in tree(server.proc.pid)[1:] if spawned(pid)]
 
 
 def load(server: Server, key: str, seconds: float, answered: list[tuple[str, float, int]], clients: int = 4) -> int:

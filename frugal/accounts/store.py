@@ -138,7 +138,7 @@ class Accounts:
             raise AccountsError(f"Unknown plan {plan!r}.", f"Use one of {known}, or add the plan to the serve config (configs/serve.yaml).")
         plaintext = secrets.token_urlsafe(32)
         # 32 bits of key_id: a clash (about one in a billion at 100 keys) fails on the primary key, never overwrites.
-        row = ApiKey(key_id=f"fk_{secrets.token_hex(4)}", secret_sha256=_digest(plaintext), name=name, plan=plan, created_at=utc(now))
+        row = ApiKey(key_id=f"fk_{secrets.token_hex(4)}", secret_sha256=secret_digest(plaintext), name=name, plan=plan, created_at=utc(now))
         with self._sessions.begin() as session:
             session.add(row)
         return plaintext, _info(row)
@@ -158,7 +158,7 @@ class Accounts:
             return _info(row)
 
     def authenticate(self, plaintext: str) -> KeyInfo | None:
-        query = select(ApiKey).where(ApiKey.secret_sha256 == _digest(plaintext), ApiKey.revoked_at.is_(None))
+        query = select(ApiKey).where(ApiKey.secret_sha256 == secret_digest(plaintext), ApiKey.revoked_at.is_(None))
         with self._reads() as session:
             row = session.scalars(query).first()
             return _info(row) if row else None
@@ -237,7 +237,8 @@ class Accounts:
             ]
 
 
-def _digest(plaintext: str) -> str:
+def secret_digest(plaintext: str) -> str:
+    """What is stored of a key's secret, and what a key check (or the server's cache of known keys) looks up."""
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 

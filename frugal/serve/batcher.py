@@ -78,16 +78,21 @@ class Batcher(Generic[Item, Answer]):
             if first is None:
                 return
             jobs, stopping = self._collect(first)
-            try:
-                self._answer(jobs)
-            except Exception as exc:  # a bug past the model call must fail these requests, never hang every later one
-                log.exception("Batch of %d request(s) failed", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            self._answer_all(jobs)
             if stopping:
-                self._drain()
+                self._answer_all(self._drain())
                 return
+
+    def _answer_all(self, jobs: list[_Job[Item, Answer]]) -> None:
+        if not jobs:
+            return
+        try:
+            self._answer(jobs)
+        except Exception as exc:  # a bug past the model call must fail these requests, never hang every later one
+            log.exception("Batch of %d request(s) failed", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
 
     def _collect(self, first: _Job[Item, Answer]) -> tuple[list[_Job[Item, Answer]], bool]:
         """The first job and whatever joins it before the batch is full or the first job's wait is up."""
@@ -103,14 +108,16 @@ class Batcher(Generic[Item, Answer]):
             size += len(job.items)
         return jobs, False
 
-    def _drain(self) -> None:
+    def _drain(self) -> list[_Job[Item, Answer]]:
+        """What was queued after the stop: answered too, so no request waits forever."""
+        jobs = []
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                return
+                return jobs
             if job is not None:
-                self._answer([job])
+                jobs.append(job)
 
     def _answer(self, jobs: list[_Job[Item, Answer]]) -> None:
         started = time.monotonic()

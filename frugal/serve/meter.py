@@ -1,7 +1,7 @@
 """The metering writer: answered requests go on the bill in batches, off the request's path.
 
-Admission (the rate and the monthly text quota) stays one short write per request, before the
-model runs, so limits are exact across restarts and processes. What happens after the answer (its
+Admission (the rate and the monthly text quota) stays a short write before the model runs (one per
+group of requests that arrive together), so limits are exact across restarts and processes. What happens after the answer (its
 cost and price on the month's bill, its texts kept for feedback by id) is queued here and written
 by one thread every `flush_ms`, many requests per transaction. The bound: a SIGKILL loses at most
 the requests answered in the last `flush_ms` plus one write (their texts were already counted

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from frugal.accounts.admission import Admission
-from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served
+from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served, secret_digest
 from frugal.config.serve import ServeSettings
 from frugal.serve.batcher import Batcher
 from frugal.serve.errors import ApiError
@@ -38,18 +37,17 @@ class Service:
         if not plaintext:
             raise ApiError(401, "No API key.", "Send `Authorization: Bearer <key>` or `X-API-Key: <key>` (keys: `frugal keys create`).",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
-        digest = hashlib.sha256(plaintext.encode()).hexdigest()
+        digest = secret_digest(plaintext)
         known = self._known.get(digest)
         if known is not None and known[0] > time.monotonic():
             return known[1]
         key = self.store.authenticate(plaintext)
-        if key is not None:
-            if len(self._known) > MAX_KNOWN_KEYS:  # a bound on memory: start over rather than track ages
-                self._known.clear()
-            self._known[digest] = (time.monotonic() + KNOWN_KEY_SECONDS, key)
         if key is None:
             raise ApiError(401, "Unknown or revoked API key.", "Check the key; ask the operator for a new one if it was revoked.",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        if len(self._known) > MAX_KNOWN_KEYS:  # a bound on memory: start over rather than track ages
+            self._known.clear()
+        self._known[digest] = (time.monotonic() + KNOWN_KEY_SECONDS, key)
         return key
 
     def model(self) -> Loaded:

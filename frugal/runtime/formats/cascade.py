@@ -48,7 +48,15 @@ class CascadePredictor(Predictor):
         self._largest = (0, 0)  # the same for the largest call: in frugal.measure, a pass over the whole test split
 
     def predict_proba(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
-        proba = self.cheap.predict_proba(texts, batch_size, sort_by_length)
+        return self._route(texts, self.cheap.predict_proba(texts, batch_size, sort_by_length), batch_size, sort_by_length)
+
+    def predict_flagged(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """The cascade's probabilities; truncation as the cheap part (the folder's tokenizer) cuts the texts."""
+        proba, truncated = self.cheap.predict_flagged(texts, batch_size)
+        return self._route(texts, proba, batch_size, True), truncated
+
+    def _route(self, texts: list[str], proba: np.ndarray, batch_size: int, sort_by_length: bool) -> np.ndarray:
+        """The cheap part's probabilities, with the rows it is unsure of answered by the strong part."""
         rows = np.flatnonzero(deferred(proba, self.threshold))
         if len(rows):
             proba[rows] = self.strong.predict_proba([texts[i] for i in rows], batch_size, sort_by_length)
@@ -56,10 +64,6 @@ class CascadePredictor(Predictor):
         if len(texts) >= self._largest[0]:
             self._largest = (len(texts), len(rows))
         return proba
-
-    def predict_flagged(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
-        """The cascade's probabilities; truncation as the cheap part (the folder's tokenizer) cuts the texts."""
-        return self.predict_proba(texts, batch_size), [bool(e.overflowing) for e in self.tokenize.encode(texts)]
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError("a cascade routes texts, not token batches: call predict_proba")
