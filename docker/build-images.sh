@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the team stack's images from this working tree:
-#   docker/build-images.sh                 # base (if missing), postgres, s3, worker-cpu
+#   docker/build-images.sh                 # base (if missing), postgres, s3, redis, worker-cpu
 #   docker/build-images.sh worker-gpu      # only the GPU worker (see docker/worker-gpu.Dockerfile)
 # Images: frugal/<name>:$FRUGAL_IMAGE_TAG (default tag: local), the names docker/compose.yaml uses.
 #
@@ -29,10 +29,10 @@ BASE=${FRUGAL_BASE_IMAGE:-frugal/debian-bookworm:local}
 WHEELS=${FRUGAL_WHEELS-${PIP_FIND_LINKS:-}}
 CA_DIR=${FRUGAL_EXTRA_CA_DIR-/usr/local/share/ca-certificates}
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(postgres s3 worker-cpu)
+[[ ${#targets[@]} -gt 0 ]] || targets=(postgres s3 redis worker-cpu)
 
 for t in "${targets[@]}"; do
-    case $t in postgres|s3|worker-cpu|worker-gpu) ;; *) echo "build-images: unknown image '$t' (postgres, s3, worker-cpu, worker-gpu)" >&2; exit 2;; esac
+    case $t in postgres|s3|redis|worker-cpu|worker-gpu) ;; *) echo "build-images: unknown image '$t' (postgres, s3, redis, worker-cpu, worker-gpu)" >&2; exit 2;; esac
 done
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then

@@ -44,7 +44,7 @@ GPU_BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"  # build-images.
 SERVE_IMAGE = "frugal/serve:test"
 # The seeds of every venv, not installed from the lock.
 VENV_SEEDS = {"pip", "setuptools"}
-STACK = ["prefect-db", "prefect-server", "mlflow-db", "s3", "s3-init", "mlflow", "worker-cpu"]
+STACK = ["prefect-db", "prefect-server", "mlflow-db", "s3", "s3-init", "redis", "mlflow", "worker-cpu"]
 RESULT_STORAGE = yaml.safe_load((REPO / "configs" / "team.yaml").read_text())["result_storage"]
 
 # Runs inside the worker container with its environment (PREFECT_API_URL, MLFLOW_TRACKING_URI, S3
@@ -234,7 +234,7 @@ def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Itera
         deadline = time.monotonic() + 180
         _wait_http(f"{s.prefect_api}/health", deadline)
         _wait_http(f"{s.mlflow}/health", deadline)
-        _wait_http(f"http://127.0.0.1:{ports['FRUGAL_S3_PORT']}/moto-api/", deadline)
+        _wait_http(f"http://127.0.0.1:{ports['FRUGAL_S3_PORT']}/_ministack/health", deadline)
         timings["up"] = time.monotonic() - t
         # The worker creates its pool once it is connected to the server.
         pools: list[str] = []
