@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -18,6 +19,7 @@ from flows.deploy import deploy as register_deployments
 from flows.deploy import start_worker
 from flows.pipeline import run as run_pipeline
 from flows.reproduce import reproduce as rerun
+from frugal import artifacts
 from frugal.accounts.store import open_accounts
 from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
@@ -27,6 +29,9 @@ from tasks.plumbing.lifecycle import close_stale_runs
 from tasks.reports import compare as compare_report
 from tasks.reports import compare_reports
 from tasks.reports.reproduce import write_summary
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def budget_minutes(text: str) -> float:
@@ -93,7 +98,30 @@ def doctor(args: argparse.Namespace) -> int:
     print(f"Closed {len(closed)} abandoned run(s) as FAILED{': ' + ', '.join(closed) if closed else ''}.")
     for found in live:
         print(f"Still running: {found.info.run_id} ({found.info.run_name}), owned by pid {found.data.tags.get('frugal.pid', '?')}")
-    return 0
+    healthy = True
+    for line, ok in alias_report(mlc, cfg.registered_model_name):
+        print(line)
+        healthy &= ok
+    return 0 if healthy else 1
+
+
+def alias_report(mlc: MlflowClient, name: str) -> list[tuple[str, bool]]:
+    """One line per alias of `name`: its version's files are in the artifact store (True), or missing, with the fix (False)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = mlc.get_registered_model(name).aliases
+    except MlflowException:  # nothing registered yet: nothing can point at nothing
+        return [(f"No registered model {name} yet.", True)]
+    report = []
+    for alias, version in sorted(aliases.items()):
+        gone = artifacts.missing(mlc, name, str(version))
+        if gone is None:
+            report.append((f"{name}@{alias} is v{version}: its files are in the artifact store.", True))
+            continue
+        fix = "rerun `frugal run` with this config to register a new champion, or restore the artifact store"
+        report.append((f"{name}@{alias} is v{version}, whose artifacts are missing from the store ({gone}).\n  Fix: {fix}.", False))
+    return report
 
 
 def deploy(args: argparse.Namespace) -> int:

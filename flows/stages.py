@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from frugal.config import EvaluateConfig, FinetuneConfig, ModelConfig, StepConfig
+from frugal.config import EvaluateConfig, FinetuneConfig, LocksConfig, ModelConfig, StepConfig
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
 from tasks.compress import StepSettings, compress_step
@@ -27,32 +27,35 @@ from tasks.plumbing.locks import serialised
 from tasks.plumbing.refs import DataRef, ModelRef
 
 
-def _on_worker(task: Any, tracking_uri: str, result_storage: str) -> tuple[Any, ProjectPaths]:
-    """The task bound to the parent's result storage, with this process connected to the parent's MLflow store."""
+def _on_worker(task: Any, tracking_uri: str, result_storage: str, locks: LocksConfig) -> tuple[Any, ProjectPaths]:
+    """The task bound to the parent's result storage and locks, with this process connected to the parent's MLflow store."""
     quiet_user_errors()
     paths = ProjectPaths.resolve(None)
     tracking.connect(tracking_uri)
-    return serialised(task, paths).with_options(result_storage=storage_block(result_storage, paths)), paths
+    return serialised(task, paths, locks).with_options(result_storage=storage_block(result_storage, paths)), paths
 
 
 @flow(name=STAGES["finetune"].flow, log_prints=True)
 def finetune_stage(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, parent_run: str,
-    tracking_uri: str, result_storage: str, noise: NoiseRef | None = None,
+    tracking_uri: str, result_storage: str, locks: LocksConfig, noise: NoiseRef | None = None,
 ) -> ModelRef:  # fmt: skip
-    step, paths = _on_worker(finetune, tracking_uri, result_storage)
+    step, paths = _on_worker(finetune, tracking_uri, result_storage, locks)
     return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run, noise=noise)
 
 
 @flow(name=STAGES["compress_step"].flow, log_prints=True)
 def compress_step_stage(
-    src: ModelRef, step: StepConfig, data: DataRef, settings: StepSettings, parent_run: str, tracking_uri: str, result_storage: str
-) -> ModelRef:
-    run_step, paths = _on_worker(compress_step, tracking_uri, result_storage)
+    src: ModelRef, step: StepConfig, data: DataRef, settings: StepSettings, parent_run: str, tracking_uri: str, result_storage: str,
+    locks: LocksConfig,
+) -> ModelRef:  # fmt: skip
+    run_step, paths = _on_worker(compress_step, tracking_uri, result_storage, locks)
     return run_step(src=src, step=step, data=data, settings=settings, paths=paths, parent_run=parent_run)
 
 
 @flow(name=STAGES["measure"].flow, log_prints=True)
-def measure_stage(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, tracking_uri: str, result_storage: str) -> Measurement:
-    measure, paths = _on_worker(measure_model, tracking_uri, result_storage)
+def measure_stage(
+    model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, tracking_uri: str, result_storage: str, locks: LocksConfig
+) -> Measurement:
+    measure, paths = _on_worker(measure_model, tracking_uri, result_storage, locks)
     return measure(model_uri=model_uri, data=data, evaluate_cfg=evaluate_cfg, paths=paths)

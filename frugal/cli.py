@@ -60,7 +60,8 @@ def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _report_commands(sub: argparse._SubParsersAction) -> None:
-    _config_args(sub.add_parser("doctor", help="close MLflow runs that a killed process left RUNNING, and list the ones still live"))
+    _config_args(sub.add_parser("doctor", help="close MLflow runs that a killed process left RUNNING, list the ones still live, "
+                                "and check that the registered model's aliases point at files in the artifact store"))  # fmt: skip
     compare = sub.add_parser("compare", help="one table of every variant across pipeline runs, from MLflow, plus Markdown and HTML reports")
     compare.add_argument("targets", nargs="*", metavar="EXPERIMENT|RUN", help="experiment names or parent run ids (default: all)")
     _config_args(compare)

@@ -93,7 +93,7 @@ def build_cascade(
             log.warning("Variant %s skipped: %s", name, reason)
             return Variant(name=name, model=None, status="skipped", reason=reason)
     if run_step is None:
-        run_step = serialised(cascade_model, paths)
+        run_step = serialised(cascade_model, paths, cfg.locks)
     baseline = by_name["baseline"]
     try:
         model = run_step(cheap=parts[0].model, strong=parts[1].model, baseline=baseline.model, spec=spec, data=data,

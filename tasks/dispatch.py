@@ -111,10 +111,11 @@ class Dispatch:
 
     def _call(self, stage: str, task: Callable[..., Any], pool: str | None, kwargs: dict[str, Any]) -> Any:
         if pool is None:
-            return serialised(task, self.paths)(**kwargs)
-        # The worker has its own project folder and caches; it is told which MLflow store and result storage to use.
+            return serialised(task, self.paths, self.cfg.locks)(**kwargs)
+        # The worker has its own project folder and caches; it is told which MLflow store, result storage and locks to use.
         params = {k: v for k, v in kwargs.items() if k != "paths"}
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
+        params["locks"] = self.cfg.locks
         try:
             return run_remote(STAGES[stage].flow, task.name, pool, params, self.cfg.workers)
         except StepCrashed as crash:

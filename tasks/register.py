@@ -2,6 +2,8 @@
 
 The current champion is re-measured in this run (its cost is never a stale tag); the decision and the
 promotion happen under one lock (`promotion_lock`), so two runs finishing together promote at most once.
+A champion whose files are gone from the artifact store is replaced, never kept, and a new version is
+checked in the store before the alias moves to it (frugal/artifacts.py): the alias never points at nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from frugal import artifacts
 from frugal.config import RunConfig
+from frugal.errors import ModelError
 from frugal.paths import ProjectPaths
 from ml.quality import quality
 from tasks.evaluate import measure_model
@@ -40,17 +44,23 @@ class Incumbent(Ref):
     model_uri: str | None  # the variant model it was registered from
     macro_f1: float
     usd_per_1m: float
+    missing: str | None = None  # why its files are not in the artifact store (frugal/artifacts.py); None: they are
 
 
 def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, measure: Callable[..., Any]) -> Incumbent | None:
     """The current champion, re-measured now, on this run's test split and hardware (its cost is never a stale tag)."""
     from mlflow.exceptions import MlflowException
 
+    client = tracking.mlflow_client()
     try:
-        version = tracking.mlflow_client().get_model_version_by_alias(name, ALIAS)
+        version = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         return None
     was = version.tags.get("model_uri")
+    gone = artifacts.missing(client, name, version.version)
+    if gone is not None:  # checked before measuring: a download of nothing is an empty folder, not an error
+        log.warning("The current champion v%s has no files in the artifact store (%s); it will be replaced", version.version, gone)
+        return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"), missing=gone)
     try:
         measured = measure(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
     except Exception as exc:  # a champion that no longer loads cannot defend its place
@@ -81,6 +91,8 @@ def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: s
     """
     if current is None:
         return True, "no champion yet"
+    if current.missing is not None:  # before "already this model": a cached rerun has the same model_uri as a champion now gone
+        return True, f"v{current.version}'s artifacts are missing from the store ({current.missing}): replaced"
     if current.model_uri == model_uri:
         return False, f"kept v{current.version}: it is already this model"
     seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run)"
@@ -103,8 +115,6 @@ def register(
     The decision and the promotion happen under one lock (`promotion_lock`), so two runs
     finishing together promote at most once.
     """
-    import mlflow
-
     name, new = cfg.registered_model_name, selection.champion.metrics
     with promotion_lock(name, paths):
         current = incumbent(name, data, cfg, paths, measure or measure_model)
@@ -123,12 +133,38 @@ def register(
             "model_uri": bundle.model_uri, "data_hash": data.md5, "config_hash": cfg.digest(),
             "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"],
         }  # fmt: skip
-        version = mlflow.register_model(bundle.uri, name, tags={k: str(v) for k, v in tags.items()})
-        tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version.version)
-    reason = f"{name} v{version.version} ({bundle.variant}) is now @{ALIAS}: {why}"
-    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version.version})
+        version = register_stored(bundle.uri, name, {k: str(v) for k, v in tags.items()})
+        tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version)
+    reason = f"{name} v{version} ({bundle.variant}) is now @{ALIAS}: {why}"
+    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version})
     log.info("Registry: %s", reason)
-    return Registration(version=str(version.version), promoted=True, reason=reason)
+    return Registration(version=version, promoted=True, reason=reason)
+
+
+def register_stored(uri: str, name: str, tags: dict[str, str]) -> str:
+    """`mlflow.register_model` of a bundle whose files are in the artifact store, checked before and after: one ModelError if not.
+
+    Before, because MLflow fails on a bundle without MLmodel with an error about logged models; after, because what
+    counts is where the new version points. The caller moves the alias only after this returns.
+    """
+    import mlflow
+
+    client = tracking.mlflow_client()
+    gone = artifacts.missing_at(client, uri)
+    if gone is not None:
+        raise not_stored(uri, gone, f"not registered as {name}")
+    version = str(mlflow.register_model(uri, name, tags=tags).version)
+    gone = artifacts.missing(client, name, version)
+    if gone is not None:
+        raise not_stored(uri, gone, f"registered as {name} v{version}")
+    return version
+
+
+def not_stored(uri: str, gone: str, registered: str) -> ModelError:
+    return ModelError(
+        f"The bundle {uri} is not in the artifact store ({gone}): {registered}, @{ALIAS} not moved.",
+        "Check that the artifact store (the tracking server's artifact root, its S3 bucket) is reachable and writable; rerun `frugal run`.",
+    )
 
 
 @contextlib.contextmanager

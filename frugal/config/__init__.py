@@ -21,14 +21,14 @@ from frugal.config._base import Strict, relative_path
 from frugal.config.annotation import ActiveConfig, AnnotationConfig, NoiseConfig
 from frugal.config.compress import CascadeConfig, CompressConfig, EvaluateConfig, SearchConfig, SelectConfig, StepConfig
 from frugal.config.data import DataConfig, ModelConfig, SplitConfig, TinyModelConfig, ValidationConfig
-from frugal.config.operations import ScheduleConfig, TrackingConfig, WorkersConfig
+from frugal.config.operations import LocksConfig, ScheduleConfig, TrackingConfig, WorkersConfig
 from frugal.config.training import AdapterConfig, FederatedConfig, FinetuneConfig, TrainConfig
 from frugal.errors import ConfigError
 from frugal.paths import CONFIGS_DIR
 
 __all__ = [
     "CONFIGS_DIR", "ActiveConfig", "AdapterConfig", "AnnotationConfig", "CascadeConfig", "CompressConfig", "DataConfig",
-    "EvaluateConfig", "FederatedConfig", "FinetuneConfig", "Instance", "ModelConfig", "NoiseConfig", "RunConfig",
+    "EvaluateConfig", "FederatedConfig", "FinetuneConfig", "Instance", "LocksConfig", "ModelConfig", "NoiseConfig", "RunConfig",
     "ScheduleConfig", "SearchConfig", "SelectConfig", "SplitConfig", "StepConfig", "Strict", "TinyModelConfig", "TrackingConfig",
     "TrainConfig", "ValidationConfig", "WorkersConfig", "load_config", "load_hardware", "relative_path", "validate_config",
 ]  # fmt: skip
@@ -55,6 +55,7 @@ class RunConfig(Strict):
         "fsspec URL such as s3://bucket/prefix."
     )
     schedule: ScheduleConfig
+    locks: LocksConfig
 
     @field_validator("result_storage")
     @classmethod

@@ -1,8 +1,10 @@
-"""Config sections for running the pipeline: MLflow tracking, Prefect work pools, the retraining schedule."""
+"""Config sections for running the pipeline: MLflow tracking, Prefect work pools, step locks, the retraining schedule."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from frugal.config._base import Strict
 
@@ -28,6 +30,38 @@ class WorkersConfig(Strict):
         gt=0, description="Longest a step may wait for a worker of its pool to pick it up; then it is cancelled and the run fails."
     )
     timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "unix://")
+
+
+def redis_url(value: str) -> str:
+    """A Redis URL prefect-redis can connect to; anything else is refused here rather than at the first step."""
+    if not value.startswith(REDIS_SCHEMES):
+        raise ValueError(f"{value!r} is not a Redis URL: it must start with one of {', '.join(REDIS_SCHEMES)}")
+    return value
+
+
+class LocksConfig(Strict):
+    """Who may compute a cached step: one run at a time per cache key (tasks/plumbing/locks.py)."""
+
+    url: str | None = Field(
+        description="null = OS file locks in .frugal/locks (the processes of one machine); a Redis URL (redis://host:6379/0) = "
+        "one lock for every machine sharing the result storage. FRUGAL_LOCK_URL wins over it."
+    )
+    expire_seconds: float = Field(
+        ge=1, description="A Redis lock its holder stops renewing (killed, cut off) is free after at most this; renewed every third."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_without_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        # The resolved config is logged to MLflow and passed to workers as a flow parameter: no password in it.
+        if re.match(r"[^:/]+://[^/@]*:[^/@]*@", value):
+            raise ValueError("a password in the URL would be logged with the config; give the whole URL in FRUGAL_LOCK_URL instead")
+        return redis_url(value)
 
 
 class ScheduleConfig(Strict):

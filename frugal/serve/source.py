@@ -2,7 +2,9 @@
 
 A source answers two questions: which version is current (cheap, polled) and where that
 version's model folder is on this machine (a download at most once per version). Nothing is
-unpickled: the folder is loaded by `frugal.runtime`, never through `mlflow.pyfunc`.
+unpickled: the folder is loaded by `frugal.runtime`, never through `mlflow.pyfunc`. A registry version
+whose files are gone from the artifact store is refused (frugal/artifacts.py): at startup, one error;
+on a reload, the poller keeps serving the version it has.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from frugal import bundle
+from frugal import artifacts, bundle
 from frugal.config.serve import ServeSettings
-from frugal.errors import ConfigError
+from frugal.errors import ConfigError, ModelError
 from frugal.fetch import fetch_once, in_place
 from frugal.paths import tracking_uri
 from frugal.runtime.manifest import MANIFEST
@@ -47,7 +49,9 @@ class Source(Protocol):
 def source_for(settings: ServeSettings, project_root: Path) -> Source:
     if settings.model.startswith("models:/"):
         tracking = tracking_uri(settings.tracking_uri, project_root)  # the pipeline's rule: the same store `frugal run` wrote
-        return RegistrySource(settings.model, tracking, project_root / ".frugal" / "cache" / "registry")
+        source = RegistrySource(settings.model, tracking, project_root / ".frugal" / "cache" / "registry")
+        source.refuse_missing()  # before the server starts: a champion without files is one error, not a server that never gets ready
+        return source
     return FolderSource(Path(settings.model).expanduser().resolve())
 
 
@@ -73,7 +77,29 @@ class RegistrySource:
             return self.alias
         return str(self.client.get_model_version_by_alias(self.name, self.alias).version)
 
+    def refuse_missing(self) -> None:
+        """One ModelError when the current version's files are not in the artifact store.
+
+        A registry that does not answer yet, or an alias not set yet, is left to the poller, which waits for it.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.current()
+            gone = artifacts.missing(self.client, self.name, version)
+        except MlflowException:
+            return
+        if gone is not None:
+            raise self._missing(version, gone)
+
+    def _missing(self, version: str, gone: str) -> ModelError:
+        return ModelError(f"{self.uri} is version {version} of {self.name}, whose files are missing from the artifact store ({gone}).",
+                          "Run `frugal run` to register a new champion, or restore the artifact store.")  # fmt: skip
+
     def fetch(self, version: str) -> Release:
+        gone = artifacts.missing(self.client, self.name, version)
+        if gone is not None:  # a download would be an empty folder: a model folder without a model
+            raise self._missing(version, gone)
         found = self.client.get_model_version(self.name, version)
         folder = self._local(self.client.get_model_version_download_uri(self.name, version), version)
         model_dir = bundle.model_dir(folder)

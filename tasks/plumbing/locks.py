@@ -1,24 +1,37 @@
 """One run at a time per cache key: Prefect's SERIALIZABLE cache isolation, with locks a killed process gives back.
 
 Two runs that need the same step at the same moment (two retrains, two users) would both
-compute it and write the same checkpoint folder. With `serialised(task, paths)` the second
+compute it and write the same checkpoint folder. With `serialised(task, paths, locks)` the second
 waits for the first's lock on the step's cache key, then finds its result in the cache.
-Prefect's FileSystemLockManager keeps a lock whose holder was SIGKILLed until it expires
-(never, by default); these are OS file locks, released by the kernel when the holder dies.
-Locks live in the project's `.frugal/locks`, so they serialise the processes of one
-machine; a multi-machine stack needs a shared lock manager (e.g. prefect-redis).
+
+Which locks (`lock_url`): FRUGAL_LOCK_URL as set, else the config's `locks.url`, else none.
+- No URL, the embedded default: OS file locks in the project's `.frugal/locks`, released by the
+  kernel the moment their holder dies (Prefect's FileSystemLockManager keeps a SIGKILLed holder's
+  lock until it expires: never, by default). They serialise the processes of one machine.
+- A Redis URL: one lock per key on that server for every machine sharing the result storage
+  (tasks/plumbing/redis_locks.py). A live holder renews it; a killed one's is free after at most
+  `locks.expire_seconds` (30 s by default).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from filelock import FileLock, Timeout
+from redis.exceptions import RedisError
 
+from frugal.config import LocksConfig
+from frugal.config.operations import REDIS_SCHEMES, redis_url
+from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
+from tasks.plumbing.redis_locks import RenewedRedisLockManager
+
+LOCK_URL_ENV = "FRUGAL_LOCK_URL"
 
 
 class ProcessLockManager:
@@ -85,7 +98,34 @@ class ProcessLockManager:
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
 
 
-def serialised(task: Any, paths: ProjectPaths) -> Any:
+def lock_url(locks: LocksConfig) -> str | None:
+    """The one rule: FRUGAL_LOCK_URL as set (a team stack's machines share it), else the config's `locks.url`; None = file locks."""
+    url = os.environ.get(LOCK_URL_ENV) or locks.url
+    if url is None:
+        return None
+    try:
+        return redis_url(url)
+    except ValueError:  # only the environment's can be wrong here (the schema checked locks.url); not echoed: it may hold a password
+        raise ConfigError(f"{LOCK_URL_ENV} is not a Redis URL: it must start with one of {', '.join(REDIS_SCHEMES)}",
+                          f"set {LOCK_URL_ENV} to redis://HOST:6379/0, or unset it for file locks (one machine)") from None  # fmt: skip
+
+
+@cache
+def redis_locks(url: str, expire_s: float) -> RenewedRedisLockManager:
+    """One manager (its connections, its renewal threads) per URL in a process, checked reachable when first made."""
+    try:
+        manager = RenewedRedisLockManager(url, expire_s)
+        manager.client.ping()
+    except (RedisError, ValueError) as exc:  # neither redis-py's nor prefect-redis's messages print the URL (and its password)
+        where = f"{LOCK_URL_ENV} or locks.url"
+        raise ConfigError(f"The lock server ({where}) does not answer: {type(exc).__name__}: {exc}",
+                          f"start the Redis server, correct {where}, or unset both for file locks (one machine)") from None  # fmt: skip
+    return manager
+
+
+def serialised(task: Any, paths: ProjectPaths, locks: LocksConfig) -> Any:
     """The cached stage task, run under a lock on its cache key (see the module docstring)."""
-    policy = task.cache_policy.configure(isolation_level="SERIALIZABLE", lock_manager=ProcessLockManager(paths.work / "locks"))
+    url = lock_url(locks)
+    manager = ProcessLockManager(paths.work / "locks") if url is None else redis_locks(url, locks.expire_seconds)
+    policy = task.cache_policy.configure(isolation_level="SERIALIZABLE", lock_manager=manager)
     return task.with_options(cache_policy=policy)
