@@ -53,9 +53,11 @@ COPY --from=build /opt/venv /opt/venv
 # A code change rebuilds only these two small layers.
 COPY project/ /opt/frugal/
 RUN cd /opt/frugal && pip install -q --no-deps -e ".[${EXTRAS}]" && pip check
-# FRUGAL_PROJECT_DIR: where flow runs keep data/, checkpoints and caches (a volume in compose);
+# FRUGAL_PROJECT_DIR: where flow runs keep data/, checkpoints and caches (in the volume at
+# /var/lib/frugal in compose), one level down so that the data versions' DVC remote, which frugal
+# puts beside the project (tasks/version.py), lands in the volume too and not in root's /var/lib;
 # the source under /opt/frugal stays read-only to the worker user.
-ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
+ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal/project \
     FRUGAL_POOL=frugal-cpu PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \
     TOKENIZERS_PARALLELISM=false
 # The image carries no .git: the commit it was built from, for whoever inspects the image or a

@@ -55,7 +55,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 \
 COPY --from=build /opt/venv /opt/venv
 COPY project/ /opt/frugal/
 RUN cd /opt/frugal && pip install -q --no-deps -e ".[${EXTRAS}]" && pip check
-ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal \
+# The project one level down in the volume, so its DVC remote lands there too (worker-cpu.Dockerfile).
+ENV PYTHONUNBUFFERED=1 FRUGAL_PROJECT_DIR=/var/lib/frugal/project \
     FRUGAL_POOL=frugal-gpu PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \
     TOKENIZERS_PARALLELISM=false \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \

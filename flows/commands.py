@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, "data.record_version=true"]
     if args.budget:
         args.overrides = [*args.overrides, f"compress.search.budget_minutes={budget_minutes(args.budget)}"]
-    config.load_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))  # fail fast
+    cfg = config.load_or_fail_run(args.config, args.overrides, ProjectPaths.resolve(args.project_dir))  # fail fast
     if args.fresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     # Ctrl-C must stop a run even when the shell started it with SIGINT ignored (a background job):
@@ -67,10 +67,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(result.selection.table_md)
     print(f"Champion: {result.selection.champion.variant}. Registry: {result.registration.reason}")
-    uri = tracking.mlflow_client().tracking_uri
-    see = f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)" if uri.startswith("sqlite:") else uri
-    print(f"See it side by side: {see}")
+    print(f"See it side by side: {where_to_look(tracking.tracking_uri(cfg, ProjectPaths.resolve(args.project_dir)))}")
     return 0
+
+
+def where_to_look(uri: str) -> str:
+    """Where a person opens the run's MLflow: a server's own UI (FRUGAL_MLFLOW_UI_URL when the address a worker
+    uses is not the person's, as in the team stack), or `mlflow ui` on the project's SQLite file."""
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+    return os.environ.get("FRUGAL_MLFLOW_UI_URL") or uri
 
 
 def show_config(args: argparse.Namespace) -> int:

@@ -62,7 +62,13 @@ def tracking_uri(configured: str | None, root: Path) -> str:
     MLFLOW_TRACKING_URI as the user set it wins, then the config's `tracking_uri`, then `mlflow.db` in the project folder."""
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     user_env = from_env if from_env and from_env != _uri_set_by_frugal else None
-    return user_env or configured or f"sqlite:///{Path(root) / 'mlflow.db'}"
+    uri = user_env or configured or f"sqlite:///{Path(root) / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        # A tracking server that proxies artifacts may advertise multipart downloads through URLs presigned for
+        # its object store's address, which only the server's own network may resolve (the team stack's s3:9000:
+        # the client retries for minutes). Downloads go through the server unless the user asks otherwise.
+        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    return uri
 
 
 def tracking_uri_set_by_frugal(uri: str) -> None:

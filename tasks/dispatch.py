@@ -67,6 +67,10 @@ class StepCrashed(WorkerError):
         self.flow_run_id = str(flow_run_id)
 
 
+class WorkerDied(StepCrashed):
+    """The step's worker stopped beating: the step itself did not fail, so another worker of the pool may run it."""
+
+
 def result_storage(config: str, overrides: list[str], project_dir: str | None) -> Any:
     """The Prefect result storage the config names: a folder in the project, or an fsspec URL (s3://...)."""
     paths = ProjectPaths.resolve(project_dir)
@@ -116,14 +120,21 @@ class Dispatch:
         params = {k: v for k, v in kwargs.items() if k != "paths"}
         params |= {"tracking_uri": tracking.mlflow_client().tracking_uri, "result_storage": self.storage_location()}
         params["locks"] = self.cfg.locks
-        try:
-            return run_remote(STAGES[stage].flow, task.name, pool, params, self.cfg.workers)
-        except StepCrashed as crash:
-            if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
-                mlc = tracking.mlflow_client()
-                experiment = mlc.get_run(kwargs["parent_run"]).info.experiment_id
-                close_runs_of_flow_run(mlc, experiment, crash.flow_run_id, crash.problem)
-            raise
+        retries = self.cfg.workers.crash_retries
+        for attempt in range(retries + 1):
+            try:
+                return run_remote(STAGES[stage].flow, task.name, pool, params, self.cfg.workers)
+            except StepCrashed as crash:
+                if "parent_run" in kwargs:  # the runs the dead step opened cannot close themselves
+                    mlc = tracking.mlflow_client()
+                    experiment = mlc.get_run(kwargs["parent_run"]).info.experiment_id
+                    close_runs_of_flow_run(mlc, experiment, crash.flow_run_id, crash.problem)
+                if not isinstance(crash, WorkerDied) or attempt == retries:
+                    raise
+                # A new flow run of the same deployment: any live worker of the pool takes it, and the stage's cache
+                # and lock (tasks/plumbing/locks.py) let it reuse what is finished once the dead holder's lock expires.
+                log.warning("%s; submitting it again (%d of %d)", crash.problem, attempt + 1, retries)
+        raise AssertionError("unreachable")
 
     def storage_location(self) -> str:
         """The result storage as the worker must see it: a URL, or this project's folder as an absolute path."""
@@ -154,7 +165,8 @@ def run_remote(flow_name: str, task_name: str, pool: str, params: dict[str, Any]
                 started = started or time.monotonic()
                 if _silent_for(client, flow_run.id, started) > silence:
                     why = f"{flow_name} on pool {pool} (flow run {flow_run.id}) sent no heartbeat for {silence:.0f} s"
-                    _end(client, flow_run.id, Crashed, why + ": its worker died", "rerun: completed steps are reused, training resumes")
+                    fix = "rerun: completed steps are reused, training resumes"
+                    _end(client, flow_run.id, Crashed, why + ": its worker died", fix, WorkerDied)
             elif started is None and time.monotonic() - begun > workers.start_timeout_seconds:
                 why = f"no worker of pool {pool} picked up {flow_name} (flow run {flow_run.id}) within {workers.start_timeout_seconds} s"
                 _end(client, flow_run.id, Cancelled, why, f"start a worker with `frugal worker --pool {pool}`, then rerun")
@@ -201,7 +213,7 @@ def _silent_for(client: Any, flow_run_id: Any, started: float) -> float:
     return (datetime.now(UTC) - events[0].occurred).total_seconds()
 
 
-def _end(client: Any, flow_run_id: Any, state: Callable[..., Any], why: str, fix: str) -> NoReturn:
+def _end(client: Any, flow_run_id: Any, state: Callable[..., Any], why: str, fix: str, error: type[StepCrashed] = StepCrashed) -> NoReturn:
     """Give up on a step's flow run: record why on it (so no worker starts it later), then fail the parent's step."""
     client.set_flow_run_state(flow_run_id, state(message=why), force=True)
-    raise StepCrashed(why, fix, flow_run_id)
+    raise error(why, fix, flow_run_id)

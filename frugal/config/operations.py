@@ -30,6 +30,9 @@ class WorkersConfig(Strict):
         gt=0, description="Longest a step may wait for a worker of its pool to pick it up; then it is cancelled and the run fails."
     )
     timeout_seconds: int = Field(gt=0, description="Longest a step may wait on a worker, queueing included.")
+    crash_retries: int = Field(
+        ge=0, description="A step whose worker died (heartbeats stopped) is submitted again this often (another worker takes it)."
+    )
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "unix://")
