@@ -67,6 +67,10 @@ ARG GIT_DIRTY=true
 LABEL org.opencontainers.image.revision=$GIT_COMMIT
 ENV FRUGAL_GIT_COMMIT=$GIT_COMMIT FRUGAL_GIT_DIRTY=$GIT_DIRTY
 USER frugal
+# OpenVINO's and NNCF's telemetry opted out (the consent file its `opt_in_out --opt_out` writes): without it NNCF
+# forks processes from threads to send events, which hung a pipeline on this image's Python 3.11.2 (a fork
+# while another thread held the logging lock), and a worker has nothing to send them to anyway.
+RUN mkdir -p /home/frugal/intel && printf 0 > /home/frugal/intel/openvino_telemetry
 WORKDIR /opt/frugal
 # A Prefect process worker on the pool FRUGAL_POOL (it creates the pool if missing). Through sh
 # for the variable; exec, so the worker is PID 1 and `docker stop` reaches it.
