@@ -3,9 +3,10 @@
 For every pool the config's `workers:` names, `deploy` creates a process work pool (if
 missing) and registers the stage flows that pool runs (flows/stages.py) as deployments
 named `<flow>/<pool>`; it registers `frugal-retrain/<config name>` on `workers.pipeline`
-with the config's cron, and creates the global concurrency limit that serialises
-promotions. Deployments run the code in this folder (`Flow.from_source`), so a worker
-must see the project at the same path (the team stack's images do: docs/team-stack.md).
+with the config's cron, and creates the global concurrency limits that serialise promotions
+and measurements (one slot each; why a leased limit and not a work-queue limit:
+tasks/plumbing/measure_slot.py). Deployments run the code in this folder (`Flow.from_source`),
+so a worker must see the project at the same path (the team stack's images do: docs/team-stack.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from frugal.config import RunConfig, load_config
 from frugal.paths import ROOT, ProjectPaths
 from tasks.dispatch import STAGES, stage_pools
+from tasks.plumbing.measure_slot import MEASURE_LIMIT, ensure_limit
 from tasks.register import ensure_promotion_limit
 
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
@@ -70,6 +72,8 @@ def deploy(config: str, overrides: list[str], project_dir: str | None) -> Iterat
     yield f"deployment frugal-retrain/{cfg.name} on pool {cfg.workers.pipeline}: {when}, project {project}"
     ensure_promotion_limit()
     yield "global concurrency limit frugal-promotion: 1 slot"
+    ensure_limit(MEASURE_LIMIT)  # the measure task also creates it when missing; here it is visible before the first run
+    yield f"global concurrency limit {MEASURE_LIMIT}: 1 slot (one measurement at a time, on every measure worker)"
 
 
 def start_worker(pool: str) -> int:

@@ -1,16 +1,24 @@
-"""What the CPU is and which fast-math instructions it has, read from /proc/cpuinfo.
+"""What the CPU is and which fast-math instructions it has, read from /proc/cpuinfo; the machine's fingerprint.
 
 Measured costs only mean something next to the hardware they were measured on, and whether
 int8 or half-precision variants can be fast depends on a handful of instruction-set flags.
 Each function takes the cpuinfo text as an argument (default: this machine's), so callers and
-tests can name a CPU that is not the one they run on.
+tests can name a CPU that is not the one they run on. `machine_fingerprint` adds the cores and
+cgroup quota this process gets and hashes it all: measurements compare only under one hash.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
+import sys
+from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
 
 # Flags that decide whether quantized or half-precision matmuls have native kernels:
 # VNNI (int8 dot products), BF16 and FP16 vector instructions, and AMX tile units.
@@ -90,3 +98,88 @@ def training_precision_unsupported(precision: str, device: str, cpuinfo: str | N
     if precision == "fp16" and device != "cuda":
         return "fp16 training runs on CUDA only (fp16 autocast with a gradient scaler), and this training device is the CPU"
     return half_unsupported(PRECISION_DTYPES[precision], device, cpuinfo)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask: taskset, a container's cpuset), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def _ancestry(base: Path, path: str) -> list[Path]:
+    """The cgroup folder `path` under `base` and each folder above it, up to `base`."""
+    parts = [p for p in path.split("/") if p]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _quota_v2(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _quota_v1(folder: Path) -> float | None:
+    try:
+        quota, period = (int((folder / f"cpu.cfs_{name}_us").read_text()) for name in ("quota", "period"))
+    except (OSError, ValueError):
+        return None
+    return None if quota < 0 else quota / period
+
+
+def cpu_quota(root: Path = CGROUP_ROOT, membership: Path = SELF_CGROUP) -> float | None:
+    """CPUs' worth of time this process's cgroup may use (the tightest quota on its path), or None where unlimited.
+
+    A container limited to 2 CPUs on a 96-core host keeps all 96 in its affinity mask but gets two
+    cores' time: its measurements are not the host's. cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us`).
+    """
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    found: list[float | None] = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if not controllers:  # the v2 hierarchy
+            found += [_quota_v2(folder) for folder in _ancestry(root, path)]
+        elif "cpu" in controllers.split(","):  # v1 mounts the controller as e.g. cpu,cpuacct
+            found += [_quota_v1(folder) for folder in _ancestry(root / controllers, path)]
+    quotas = [q for q in found if q is not None]
+    return min(quotas) if quotas else None
+
+
+def fingerprint(threads: int, cpuinfo: str, cores: int, quota: float | None) -> dict[str, str]:
+    """What a measured speed depends on besides the model, as MLflow params, and `machine_fingerprint`: a hash of them.
+
+    Two measurements compare only under one hash: the same CPU model with the same fast-math flags
+    (a hypervisor may hide some), as many cores and as much cgroup quota, timed with as many threads.
+    """
+    fields = {
+        "machine_cpu": cpu_name(cpuinfo),
+        "machine_isa": ",".join(cpu_features(cpuinfo)) or "-",
+        "machine_cores": str(cores),
+        "machine_cpu_quota": "-" if quota is None else f"{quota:g}",
+        "machine_threads": str(threads),
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return {"machine_fingerprint": digest, **fields}
+
+
+def machine_fingerprint(threads: int) -> dict[str, str]:
+    """This process's fingerprint (see `fingerprint`) for a measurement with `threads` threads."""
+    return fingerprint(threads, read_cpuinfo(), available_cores(), cpu_quota())
+
+
+def quantized_engine() -> str | None:
+    """torch's int8 kernel backend (x86, fbgemm, qnnpack, onednn) where this process already loaded torch, else None.
+
+    Read, never imported: importing torch to name it would add torch to an ONNX variant's peak memory.
+    It follows from the torch build and the CPU flags, so it is shown beside the fingerprint, not hashed into it.
+    """
+    torch = sys.modules.get("torch")
+    return torch.backends.quantized.engine if torch is not None else None

@@ -2,7 +2,8 @@
 
 Run as ``python -m frugal.measure RESULT.json`` with a JSON request on stdin.
 A process of its own per variant gives an honest peak RSS (what serving that variant
-needs, runtime imports included) and a thread count no earlier variant has touched.
+needs, runtime imports included) and a thread count no earlier variant has touched. The
+result names the machine it was measured on (frugal/hardware.py `machine_fingerprint`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from frugal.hardware import machine_fingerprint, quantized_engine
 from frugal.runtime.registry import load_predictor
 
 
@@ -69,7 +71,14 @@ def measure(
         "metrics": {**metrics, "peak_rss_mb": peak_rss_mb(), "load_seconds": load_seconds},
         "throughput_passes": sorted_runs,
         "arrival_order_passes": arrival_runs,
+        "machine": machine(threads),
     }
+
+
+def machine(threads: int) -> dict[str, str]:
+    """Where these figures were measured: the fingerprint, and torch's int8 engine where this variant runs on torch."""
+    engine = quantized_engine()
+    return machine_fingerprint(threads) | ({"machine_quantized_engine": engine} if engine else {})
 
 
 def throughput_metrics(sorted_runs: list[float], arrival_runs: list[float]) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """evaluate: every variant, the baseline included, on the test split, on this machine, the same way.
 
 Quality and cost come from one measuring process per variant (frugal/measure.py), run one
-after another so no two variants compete for the CPU.
+after another so no two variants compete for the CPU, and one measurement at a time per machine
+and measure pool (tasks/plumbing/measure_slot.py). Each names the machine it was measured on
+(its fingerprint), and a measurement is reused only on that machine (its cache key has it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from frugal.pricing import train_usd, usd_per_1m
 from frugal.runtime.manifest import Manifest, model_size_mb
 from ml.quality import confusion_png, quality
 from tasks.plumbing import store, tracking
+from tasks.plumbing.caching import MeasuringMachine
+from tasks.plumbing.measure_slot import measurement_slot
 from tasks.plumbing.refs import DataRef, Ref, Scores, Variant
 from tasks.plumbing.stage import stage
 
@@ -56,18 +60,24 @@ def run_measurement(model_dir: Path, test_parquet: Path, cfg: EvaluateConfig) ->
 
 
 class Measurement(Ref):
-    """What measuring a model on the test split gives: its predicted labels and its cost metrics."""
+    """What measuring a model on the test split gives: its predicted labels, its cost metrics and where they were measured."""
 
     predicted: list[str]
     metrics: dict[str, float]
+    machine: dict[str, str] = {}  # frugal/hardware.py fingerprint fields, `machine_fingerprint` first (MLflow params)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.machine.get("machine_fingerprint")
 
 
-@stage(name="measure", cached=True)
+@stage(name="measure", cached=True, keyed_also=MeasuringMachine())
 def measure_model(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, paths: ProjectPaths) -> Measurement:
-    """Quality inputs and cost of one model on the test split, in a fresh process (cached: a rerun reuses it)."""
+    """Quality inputs and cost of one model on the test split, in a fresh process (cached: a rerun on this machine reuses it)."""
     model_dir = store.resolve(model_uri, paths)
     test = store.data_dir(data, paths) / "test.parquet"
-    result = run_measurement(model_dir, test, evaluate_cfg)
+    with measurement_slot(paths):  # the timed process only: a download or a cache lookup holds no slot
+        result = run_measurement(model_dir, test, evaluate_cfg)
     manifest = Manifest.load(model_dir)
     price = load_hardware()[evaluate_cfg.instance].usd_per_hour
     metrics = {
@@ -76,7 +86,7 @@ def measure_model(model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, p
         "params_m": manifest.params / 1e6,
         "usd_per_1m": usd_per_1m(result["metrics"]["throughput_per_s"], price),
     }
-    return Measurement(predicted=[manifest.labels[i] for i in result["predicted"]], metrics=metrics)
+    return Measurement(predicted=[manifest.labels[i] for i in result["predicted"]], metrics=metrics, machine=result["machine"])
 
 
 def score(measured: Measurement, truth: list[str], variant: Variant, cfg: RunConfig, baseline: Scores | None) -> dict[str, float]:
@@ -131,6 +141,7 @@ def evaluate(
             truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
             metrics = score(measured, truth, variant, cfg, baseline)
             tracking.log_metrics(run_id, metrics)
+            tracking.log_params(run_id, measured.machine)  # where its cost was measured: `frugal compare` shows it
             with tempfile.TemporaryDirectory() as tmp:
                 title, png = f"{variant.name}: test split", Path(tmp) / "confusion_matrix.png"
                 tracking.log_file(run_id, confusion_png(truth, measured.predicted, cfg.data.labels, title, png))
@@ -143,4 +154,4 @@ def evaluate(
         "%s: macro-F1 %.4f, p50 %.1f ms, %.0f texts/s, %.1f MB, $%.4f per 1M", variant.name, metrics["macro_f1"],
         metrics["latency_p50_ms"], metrics["throughput_per_s"], metrics["model_size_mb"], metrics["usd_per_1m"],
     )  # fmt: skip
-    return Scores(variant=variant.name, run_id=run_id, metrics=metrics)
+    return Scores(variant=variant.name, run_id=run_id, metrics=metrics, machine=measured.fingerprint)

@@ -24,7 +24,7 @@ from ml.quality import quality
 from tasks.evaluate import measure_model
 from tasks.package import Bundle
 from tasks.plumbing import store, tracking
-from tasks.plumbing.refs import DataRef, Ref
+from tasks.plumbing.refs import DataRef, Ref, Scores
 from tasks.plumbing.stage import stage
 from tasks.select import Selection
 
@@ -45,6 +45,7 @@ class Incumbent(Ref):
     macro_f1: float
     usd_per_1m: float
     missing: str | None = None  # why its files are not in the artifact store (frugal/artifacts.py); None: they are
+    machine: str | None = None  # the fingerprint of the machine that re-measured it (frugal/hardware.py); None: not measured
 
 
 def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, measure: Callable[..., Any]) -> Incumbent | None:
@@ -68,7 +69,30 @@ def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, mea
         return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"))
     truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
     f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
-    return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=measured.metrics["usd_per_1m"])
+    usd = measured.metrics["usd_per_1m"]
+    return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=usd, machine=measured.fingerprint)
+
+
+def challenger_figures(
+    champion: Scores, current: Incumbent | None, model_uri: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths,
+    measure: Callable[..., Any],
+) -> tuple[dict[str, float], str | None]:  # fmt: skip
+    """The challenger's macro-F1 and $/1M, and the fingerprint they were measured on: the incumbent's where they can be.
+
+    Its figures from the evaluate step may come from another machine (another worker of the measure pool, a
+    run before): then it is measured again with `measure`, as the incumbent was. Where that fails, or lands on
+    yet another machine, `decide` sees two fingerprints and compares no prices.
+    """
+    if current is None or current.machine in (None, champion.machine) or current.model_uri == model_uri:
+        return champion.metrics, champion.machine
+    try:
+        measured = measure(model_uri=model_uri, data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+    except Exception as exc:
+        log.warning("The challenger could not be re-measured beside the champion (%s); their costs are not compared", exc)
+        return champion.metrics, champion.machine
+    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
+    f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
+    return {"macro_f1": f1, "usd_per_1m": measured.metrics["usd_per_1m"]}, measured.fingerprint
 
 
 class Rule(NamedTuple):
@@ -82,12 +106,15 @@ class Rule(NamedTuple):
         return self.baseline_f1 - self.tolerance
 
 
-def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: str, rule: Rule) -> tuple[bool, str]:
+def decide(
+    current: Incumbent | None, challenger: dict[str, float], model_uri: str, rule: Rule, machine: str | None = None
+) -> tuple[bool, str]:
     """The champion/challenger rule (select.tolerance, select.promote_min_saving), on scores measured in this run.
 
     A challenger more than `tolerance` below the champion's quality never wins on price. A
     champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one that
-    meets it stays unless the challenger is at least `min_saving` cheaper.
+    meets it stays unless the challenger is at least `min_saving` cheaper, both priced on one
+    machine: `machine`, the challenger's fingerprint, must be the champion's (else it stays).
     """
     if current is None:
         return True, "no champion yet"
@@ -95,11 +122,14 @@ def decide(current: Incumbent | None, challenger: dict[str, float], model_uri: s
         return True, f"v{current.version}'s artifacts are missing from the store ({current.missing}): replaced"
     if current.model_uri == model_uri:
         return False, f"kept v{current.version}: it is already this model"
-    seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run)"
+    on = f" on machine {current.machine}" if current.machine else ""
+    seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run{on})"
     if challenger["macro_f1"] < current.macro_f1 - rule.tolerance:
         return False, f"kept {seen}: the challenger's macro-F1 {challenger['macro_f1']:.4f} is more than {rule.tolerance} below it"
     if current.macro_f1 < rule.floor:
         return True, f"challenger replaces {seen}: below this run's quality bar {rule.floor:.4f}"
+    if machine != current.machine:  # two machines' speeds differ by more than the margin: a price from each proves nothing
+        return False, f"kept {seen}: the challenger's cost was measured on machine {machine or 'unknown'}, not compared"
     if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - rule.min_saving):
         return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {rule.min_saving:.0%} cheaper than {seen}"
     return False, f"kept {seen}: meets the quality bar {rule.floor:.4f} and the challenger is not {rule.min_saving:.0%} cheaper"
@@ -115,28 +145,30 @@ def register(
     The decision and the promotion happen under one lock (`promotion_lock`), so two runs
     finishing together promote at most once.
     """
-    name, new = cfg.registered_model_name, selection.champion.metrics
+    name, measure = cfg.registered_model_name, measure or measure_model
     with promotion_lock(name, paths):
-        current = incumbent(name, data, cfg, paths, measure or measure_model)
+        current = incumbent(name, data, cfg, paths, measure)
+        new, machine = challenger_figures(selection.champion, current, bundle.model_uri, data, cfg, paths, measure)
         rule = Rule(selection.baseline.metrics["macro_f1"], cfg.select.tolerance, cfg.select.promote_min_saving)
-        promote, why = decide(current, new, bundle.model_uri, rule)
+        promote, why = decide(current, new, bundle.model_uri, rule, machine)
+        machines = {"challenger_machine": machine or "unknown", "incumbent_machine": (current and current.machine) or "none"}
         scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
         if current is not None:
             scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}
         tracking.log_metrics(parent_run, {k: v for k, v in scores.items() if abs(v) != float("inf")})
         if not promote:
-            tracking.set_tags(parent_run, {"registry": why, "registry_decision": "kept"})
+            tracking.set_tags(parent_run, {"registry": why, "registry_decision": "kept", **machines})
             log.info("Registry: %s", why)
             return Registration(version=None, promoted=False, reason=why)
         tags = {
             "variant": bundle.variant, "pipeline_run_id": parent_run, "variant_run_id": selection.champion.run_id,
             "model_uri": bundle.model_uri, "data_hash": data.md5, "config_hash": cfg.digest(),
-            "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"],
+            "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"], "machine_fingerprint": machine or "unknown",
         }  # fmt: skip
         version = register_stored(bundle.uri, name, {k: str(v) for k, v in tags.items()})
         tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version)
     reason = f"{name} v{version} ({bundle.variant}) is now @{ALIAS}: {why}"
-    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version})
+    tracking.set_tags(parent_run, {"registry": reason, "registry_decision": "promoted", "registered_version": version, **machines})
     log.info("Registry: %s", reason)
     return Registration(version=version, promoted=True, reason=reason)
 

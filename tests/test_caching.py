@@ -17,7 +17,7 @@ from tasks.compress import compress_step
 from tasks.evaluate import measure_model
 from tasks.finetune import finetune
 from tasks.label_noise import label_noise
-from tasks.plumbing.caching import CodeVersion, DataContent
+from tasks.plumbing.caching import CodeVersion, DataContent, MeasuringMachine
 from tasks.plumbing.refs import DataRef
 
 METHODS = ("onnx_export", "onnx_int8", "onnx_int8_plain", "dynamic_int8", "prune", "distill", "sparsity", "lora")
@@ -86,3 +86,20 @@ def test_data_enters_keys_by_its_content_hash_never_by_the_run_that_logged_it() 
     same_data_elsewhere = one.model_copy(update={"uri": "runs:/run-of-experiment-b/data/splits"})
     other = one.model_copy(update={"md5": "b" * 32 + ".dir"})
     assert key(None, {"data": one}, {}) == key(None, {"data": same_data_elsewhere}, {}) != key(None, {"data": other}, {})
+
+
+def test_a_measurement_is_keyed_by_the_machine_that_makes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Figures measured elsewhere are not reused here: another fingerprint (or thread count) is another key."""
+    from frugal.config import load_config
+    from tasks.plumbing import caching
+
+    (policy,) = [p for p in measure_model.cache_policy.policies if isinstance(p, MeasuringMachine)]
+    evaluate_cfg = load_config("smoke").evaluate
+    inputs = {"evaluate_cfg": evaluate_cfg}
+    here = policy.compute_key(None, inputs, {})
+    assert here == policy.compute_key(None, inputs, {})
+    more_threads = evaluate_cfg.model_copy(update={"threads": evaluate_cfg.threads + 1})
+    assert here != policy.compute_key(None, {"evaluate_cfg": more_threads}, {})
+    monkeypatch.setattr(caching, "machine_fingerprint", lambda threads: {"machine_fingerprint": "another-machine"})
+    assert policy.compute_key(None, inputs, {}) == "another-machine"
+    assert not any(isinstance(p, MeasuringMachine) for p in finetune.cache_policy.policies)  # a trained model is the same anywhere

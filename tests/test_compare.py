@@ -22,14 +22,18 @@ from tasks.reports.compare import CompareError
 
 METRICS = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "model_size_mb")
 HASH_A, HASH_B = "aaaa1111bbbb2222cccc3333dddd4444", "eeee5555ffff6666aaaa7777bbbb8888"
+MACHINE = "0123456789ab"  # a machine_fingerprint param (frugal/hardware.py); runs a and b predate fingerprints
 
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def pipeline_run(mlc: Any, exp: str, start: str, data_hash: str, champion: str, variants: dict[str, tuple | str]) -> dict[str, str]:
-    """A parent run and its variant runs: a tuple of METRICS values, or 'skipped' / 'failed'. Returns variant -> run id."""
+def pipeline_run(
+    mlc: Any, exp: str, start: str, data_hash: str, champion: str, variants: dict[str, tuple | str], machine: str = ""
+) -> dict[str, str]:
+    """A parent run and its variant runs: a tuple of METRICS values, or 'skipped' / 'failed'; measured on `machine` if given.
+    Returns variant -> run id."""
     tags = {"data_hash": data_hash, "champion_variant": champion, "config_name": "x", "git_commit": "c0ffee"}
     parent = mlc.create_run(exp, start_time=ms(start), tags=tags, run_name="pipeline").info.run_id
     ids = {"": parent}
@@ -41,6 +45,8 @@ def pipeline_run(mlc: Any, exp: str, start: str, data_hash: str, champion: str, 
             mlc.log_metric(run_id, "usd_per_1m", 0.5)
         for metric, value in zip(METRICS, values if isinstance(values, tuple) else (), strict=False):
             mlc.log_metric(run_id, metric, value)
+        if machine and status == "ok":
+            mlc.log_param(run_id, "machine_fingerprint", machine)
         mlc.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
         ids[name] = run_id
     mlc.set_terminated(parent, "FINISHED")
@@ -65,7 +71,7 @@ def build_store(mlc: Any) -> dict[str, dict[str, str]]:
     step = mlc.create_run(alpha, tags={"mlflow.parentRunId": b[""], "kind": "step", "step": "finetune"}).info.run_id
     mlc.log_metric(step, "macro_f1", 0.99)  # a step run is not a variant
     mlc.log_metric(mlc.create_run(alpha, tags={"kind": "variant", "variant": "orphan"}).info.run_id, "macro_f1", 0.9)  # no pipeline run
-    c = pipeline_run(mlc, beta, "2024-07-01 00:00:00", HASH_A, "baseline", {"baseline": (0.8, 1.0, 7.0, 10.0, 86.7)})
+    c = pipeline_run(mlc, beta, "2024-07-01 00:00:00", HASH_A, "baseline", {"baseline": (0.8, 1.0, 7.0, 10.0, 86.7)}, MACHINE)
     mlc.set_terminated(mlc.create_run(beta, tags={"config_name": "beta"}, run_name="invalid-config").info.run_id, "FAILED")
     return {"a": a, "b": b, "c": c}
 
@@ -112,6 +118,14 @@ def test_table_lists_both_runs_variants_with_values_read_from_mlflow(mlc: Any, i
     assert lines[(b[:8], "baseline")][5:] == ["0.8400", "1.0000", "9.800", "12.00", "86.7", "no"]
     assert lines[(b[:8], "fp16")][1:] == [b[:8], "2024-06-02", "08:30", HASH_B[:12], "no"]  # skipped: empty metric cells
     assert lines[(b[:8], "broken")][1:] == [b[:8], "2024-06-02", "08:30", HASH_B[:12], "no"]  # failed: its logged usd_per_1m hidden
+
+
+def test_the_machine_column_shows_where_a_variant_was_measured(mlc: Any, ids: dict) -> None:
+    (row,) = compare.collect(mlc, ["beta"])
+    assert row.machine == MACHINE and compare.render_text([row]).splitlines()[2].split()[-2:] == ["yes", MACHINE]
+    rows = compare.collect(mlc, [])
+    assert [r.run_id for r in compare.select(rows, [compare.parse_filter(f"machine={MACHINE[:6]}")], None)] == [ids["c"][""]]
+    assert len(compare.select(rows, [compare.parse_filter(f"machine!={MACHINE[:6]}")], None)) == len(rows) - 1
 
 
 def test_arguments_name_experiments_and_runs(mlc: Any, ids: dict) -> None:
@@ -190,7 +204,7 @@ def test_cli_prints_the_table_and_writes_markdown_and_html(project: Path, ids: d
     assert main(args) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["variant", "run", "date", "data_hash", "macro_f1", "f1_retained", "usd_per_1m", "latency_ms", "size_mb",
-                                  "champion"]  # fmt: skip
+                                  "champion", "machine"]  # fmt: skip
     assert [line.split()[:2] for line in printed[2:6]] == [["baseline", ids["b"][""][:8]], ["onnx-int8", ids["b"][""][:8]],
                                                            ["baseline", ids["a"][""][:8]], ["int8", ids["a"][""][:8]]]  # fmt: skip
     assert printed[6].startswith("4 variant(s) of 2 pipeline run(s)")

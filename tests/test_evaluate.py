@@ -5,6 +5,7 @@ from conftest import Built, LocalSplits
 from helpers import COST, QUALITY
 
 from frugal.config import RunConfig
+from frugal.hardware import machine_fingerprint
 from frugal.paths import ProjectPaths
 from frugal.pricing import usd_per_1m
 from ml.quality import quality
@@ -37,6 +38,9 @@ def test_evaluate_logs_every_metric_name(
     assert QUALITY | COST <= set(run.data.metrics)
     assert run.data.params["eval_threads"] == str(smoke_cfg.evaluate.threads)
     assert run.data.params["hardware_profile"] == smoke_cfg.evaluate.instance
+    # Where it was measured: this machine's fingerprint and its readable fields, on the run and on the scores register compares.
+    here = machine_fingerprint(smoke_cfg.evaluate.threads)
+    assert scores.machine == here["machine_fingerprint"] and here.items() <= run.data.params.items()
     assert scores.metrics["latency_p95_ms"] >= scores.metrics["latency_p50_ms"] > 0
     assert 100 < scores.metrics["peak_rss_mb"] < 4000  # a fresh process per variant, not the test runner's
     assert any(a.path == "confusion_matrix.png" for a in mlflow_client().list_artifacts(scores.run_id))

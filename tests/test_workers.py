@@ -111,6 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.serve()
         deployed = stack.frugal("deploy", "-c", "smoke", "--project-dir", str(stack.root / "parent"), *flags(WORKERS))
         assert deployed.returncode == 0, deployed.stderr[-3000:]
+        assert "global concurrency limit frugal-measure: 1 slot" in deployed.stdout  # one measurement at a time on the pools
         for pool in ("test-gpu", "test-cpu"):
             stack.worker(pool)
         yield stack
@@ -170,6 +171,7 @@ def test_deploy_schedules_the_retraining_flow_with_the_configured_cron(stack: St
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("frugal-retrain/smoke")
+        assert client.read_global_concurrency_limit_by_name("frugal-measure").limit == 1
         for _ in range(60):  # the scheduler service runs every few seconds
             upcoming = client.read_flow_runs(limit=50)
             scheduled = [r for r in upcoming if r.deployment_id == deployment.id and r.state.name == "Scheduled"]

@@ -6,7 +6,8 @@ config sections it reads, the references of its inputs. Prefect's `Inputs` polic
 content hash: where a version was recorded never enters a key); `CodeVersion` adds the source of
 every project module the stage can run (frugal/codegraph.py), so editing a module invalidates
 exactly the stages that run it; `TrackingStore` adds the MLflow store, because a model reference
-means something only in the store that holds it.
+means something only in the store that holds it. A measurement adds `MeasuringMachine`: its figures
+belong to the machine that measured them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy, Inputs
 
 from frugal.codegraph import code_version
+from frugal.hardware import machine_fingerprint
 
 # Arguments that say where to record or where scratch space is, not what is computed.
 NOT_KEYED = ("parent_run", "paths")
@@ -55,5 +57,18 @@ class TrackingStore(CachePolicy):
         return hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:16]
 
 
-def stage_policy(module: str, code_of: CodeOf | None = None) -> CachePolicy:
-    return Inputs(exclude=[*NOT_KEYED, "data"]) + DataContent() + CodeVersion(module=module, code_of=code_of) + TrackingStore()
+@dataclass
+class MeasuringMachine(CachePolicy):
+    """The fingerprint of the machine the stage runs on (frugal/hardware.py), with its `evaluate_cfg`'s threads.
+
+    A measurement is reused only where it was made: on another machine the same inputs are measured
+    again, so the figures a decision compares come from one machine (docs/measurement.md).
+    """
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        return machine_fingerprint(inputs["evaluate_cfg"].threads)["machine_fingerprint"]
+
+
+def stage_policy(module: str, code_of: CodeOf | None = None, also: CachePolicy | None = None) -> CachePolicy:
+    policy = Inputs(exclude=[*NOT_KEYED, "data"]) + DataContent() + CodeVersion(module=module, code_of=code_of) + TrackingStore()
+    return policy + also if also is not None else policy

@@ -55,3 +55,4 @@ class Scores(Ref):
     variant: str
     run_id: str
     metrics: dict[str, float]
+    machine: str | None = None  # the fingerprint of the machine its cost was measured on (frugal/hardware.py)

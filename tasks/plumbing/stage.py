@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from frugal.errors import FrugalError
 from tasks.plumbing.caching import CodeOf, stage_policy
@@ -22,12 +22,15 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-def stage(*, name: str, retries: int = 0, retry_delay_seconds: float = 5, cached: bool = False, code_of: CodeOf | None = None) -> Any:
+def stage(
+    *, name: str, retries: int = 0, retry_delay_seconds: float = 5, cached: bool = False, code_of: CodeOf | None = None,
+    keyed_also: CachePolicy | None = None,
+) -> Any:  # fmt: skip
     """The Prefect task decorator every stage uses.
 
     A `cached` stage's result is persisted (JSON) and reused by any later run with the same cache key
-    (tasks/plumbing/caching.py: its inputs, and the code its module can run, plus `code_of(inputs)`).
-    Stages without it are cheap or record into the current run, and always run.
+    (tasks/plumbing/caching.py: its inputs, and the code its module can run, plus `code_of(inputs)`,
+    plus `keyed_also`, e.g. the measuring machine). Stages without it are cheap or record into the current run, and always run.
     """
 
     def decorate(fn: Any) -> Any:
@@ -40,7 +43,7 @@ def stage(*, name: str, retries: int = 0, retry_delay_seconds: float = 5, cached
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
             retry_condition_fn=_retry_unless_user_error,
-            cache_policy=stage_policy(fn.__module__, code_of),
+            cache_policy=stage_policy(fn.__module__, code_of, keyed_also),
             persist_result=True,
             result_serializer="json",  # results are references: readable, and loading them unpickles nothing
         )

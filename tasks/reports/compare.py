@@ -3,7 +3,8 @@
 Rows are read from the store each time (never from a run's own comparison.md), so the table is the
 same from a laptop's SQLite file and from the team's MLflow server. A pipeline run is a parent run;
 its variants are nested runs tagged `kind=variant` (tasks/evaluate.py); the champion is the parent's
-`champion_variant` tag (tasks/select.py).
+`champion_variant` tag (tasks/select.py); `machine` is the fingerprint of the machine a variant was
+measured on (its `machine_fingerprint` param): costs compare only within one.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ COLUMNS = (
     Column("macro_f1", "macro_f1", "{:.4f}"), Column("f1_retained", "f1_retained", "{:.4f}"),
     Column("usd_per_1m", "usd_per_1m", "{:#.4g}"),  # significant digits: GPU prices are fractions of a cent
     Column("latency_ms", "latency_p50_ms", "{:.2f}"), Column("size_mb", "model_size_mb", "{:.1f}"), Column("champion"),
+    Column("machine"),
 )  # fmt: skip
 BY_KEY = {c.key: c for c in COLUMNS}
 ALIASES = {"latency": "latency_ms", "latency_p50_ms": "latency_ms", "size": "size_mb", "model_size_mb": "size_mb", "data": "data_hash"}
 SHORT = {"run": 8, "data_hash": 12}  # ids shown like short git hashes
-PREFIXED = ("run", "data_hash", "date")  # `=` matches a prefix: a short id from the table, or a day (date=2025-06-01)
+PREFIXED = ("run", "data_hash", "date", "machine")  # `=` matches a prefix: a short id from the table, or a day (date=2025-06-01)
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "!=": operator.ne, "<=": operator.le, ">=": operator.ge, "=": operator.eq, "<": operator.lt, ">": operator.gt,
 }  # fmt: skip
@@ -60,6 +62,7 @@ class Row:
     champion: bool
     experiment: str
     metrics: dict[str, float]
+    machine: str = ""  # the measuring machine's fingerprint; empty before fingerprints were recorded
 
     def full(self, key: str) -> str | float | None:
         """The column's value before shortening: what --where and --sort compare."""
@@ -67,7 +70,7 @@ class Row:
         if col.metric:
             return self.metrics.get(col.metric)
         return {"variant": self.variant, "run": self.run_id, "date": self.date, "data_hash": self.data_hash,
-                "champion": "yes" if self.champion else "no"}[key]  # fmt: skip
+                "champion": "yes" if self.champion else "no", "machine": self.machine}[key]  # fmt: skip
 
     @property
     def date(self) -> str:
@@ -193,7 +196,8 @@ def _row(variant: str, run: Any, parent: Any, experiment: str) -> Row:
     blank = run.info.status in FAILED or run.data.tags.get("status") in ("skipped", "failed")
     metrics = {} if blank else {c.metric: run.data.metrics[c.metric] for c in COLUMNS if c.metric in run.data.metrics}
     tags, started, rid = parent.data.tags, parent.info.start_time or 0, parent.info.run_id
-    return Row(variant, rid, started, tags.get("data_hash", ""), tags.get("champion_variant") == variant, experiment, metrics)
+    machine = run.data.params.get("machine_fingerprint", "")
+    return Row(variant, rid, started, tags.get("data_hash", ""), tags.get("champion_variant") == variant, experiment, metrics, machine)
 
 
 def collect(mlc: MlflowClient, targets: list[str]) -> list[Row]:
