@@ -63,12 +63,19 @@ def tracking_uri(configured: str | None, root: Path) -> str:
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     user_env = from_env if from_env and from_env != _uri_set_by_frugal else None
     uri = user_env or configured or f"sqlite:///{Path(root) / 'mlflow.db'}"
-    if uri.startswith(("http://", "https://")):
-        # A tracking server that proxies artifacts may advertise multipart downloads through URLs presigned for
-        # its object store's address, which only the server's own network may resolve (the team stack's s3:9000:
-        # the client retries for minutes). Downloads go through the server unless the user asks otherwise.
-        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    download_through_server(uri)
     return uri
+
+
+def download_through_server(uri: str) -> None:
+    """Artifacts of a tracking server come through the server, unless MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD says otherwise.
+
+    MLflow 3.17's server advertises multipart downloads by URLs presigned for its object store's address, which
+    only the server's own network may resolve, or which the store may not serve: the team stack's s3:9000 left
+    host clients and even its own workers retrying chunks for minutes.
+    """
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
 
 
 def tracking_uri_set_by_frugal(uri: str) -> None:

@@ -190,13 +190,18 @@ def checkpoint_step(project: Path) -> int:
     return json.loads(found[0].read_text())["step"] if found else 0
 
 
-def test_a_killed_gpu_worker_fails_the_step_in_bounded_time_and_the_rerun_resumes(stack: Stack, api: None) -> None:
+def test_a_killed_gpu_worker_hands_the_step_to_another_worker_which_resumes_it(stack: Stack, api: None) -> None:
+    """The machine running fine-tuning dies mid-step; another worker of the pool takes the step again (workers.crash_retries)
+    and resumes from the checkpoint; the dead step's MLflow runs are closed; the result equals an uninterrupted run's."""
+    from datetime import UTC, datetime
+
     from prefect import get_client
 
     from flows.pipeline import run
 
     project, longer = stack.root / "killed", ["finetune.epochs=12", "compress.variants={}", *WORKERS]
     args = ["run", "-c", "smoke", "--project-dir", str(project)] + flags(longer)
+    since = datetime.now(UTC)  # the module's other tests ran flow runs on test-gpu too
     pipeline = start([sys.executable, "-m", "frugal.cli", *args], stack.env, stack.root / "killed.log")
     stack.procs.append(pipeline)
     worker_dir = stack.root / "worker-test-gpu"
@@ -208,26 +213,21 @@ def test_a_killed_gpu_worker_fails_the_step_in_bounded_time_and_the_rerun_resume
     for pid in [worker.pid, *descendants(worker.pid)]:  # the machine dies: the worker and the flow run it started
         os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    assert pipeline.wait(timeout=300) != 0
-    print(f"the parent noticed the dead worker and failed after {time.monotonic() - killed_at:.0f} s")
+    stack.worker("test-gpu")  # another machine of the pool (here: the same project folder, as a shared volume would be)
+    assert pipeline.wait(timeout=600) == 0, (stack.root / "killed.log").read_text()[-3000:]
+    print(f"the step went to the other worker and the run finished {time.monotonic() - killed_at:.0f} s after the kill")
 
     mlc = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = mlc.search_runs([e.experiment_id for e in mlc.search_experiments()])
-    assert runs and all(r.info.status in ("FAILED", "KILLED") for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    failed = [r for r in mlc.search_runs([e.experiment_id for e in mlc.search_experiments()]) if r.info.status != "FINISHED"]
+    assert failed and all(r.info.status == "FAILED" for r in failed), [(r.info.run_name, r.info.status) for r in failed]
     with get_client(sync_client=True) as client:
-        finetunes = [r for r in client.read_flow_runs(limit=200) if r.work_pool_name == "test-gpu" and r.state.name == "Crashed"]
-    assert len(finetunes) == 1
-
-    stack.worker("test-gpu")  # a new machine takes the pool
-    started = time.perf_counter()
-    resumed = run(config="smoke", overrides=longer, project_dir=str(project))
-    resume_s = time.perf_counter() - started
-    finetune_run = mlc.get_run(resumed.selection.baseline.run_id).data.tags["steps"]
+        finetunes = [r.state.name for r in client.read_flow_runs(limit=200) if r.work_pool_name == "test-gpu" and r.created >= since]
+    assert sorted(finetunes) == ["Completed", "Crashed"], finetunes
+    rerun = run(config="smoke", overrides=longer, project_dir=str(project))  # every stage reused
+    finetune_run = mlc.get_run(rerun.selection.baseline.run_id).data.tags["steps"]
     assert int(mlc.get_run(finetune_run).data.params["resumed_from_step"]) >= 60
-    started = time.perf_counter()
     clean = run(config="smoke", overrides=longer, project_dir=str(stack.root / "uninterrupted"))
-    print(f"workers mode: resume after the kill {resume_s:.1f} s, uninterrupted run {time.perf_counter() - started:.1f} s")
-    assert resumed.selection.baseline.metrics["macro_f1"] == clean.selection.baseline.metrics["macro_f1"]
+    assert rerun.selection.baseline.metrics["macro_f1"] == clean.selection.baseline.metrics["macro_f1"]
 
 
 def parent_runs(project: Path) -> dict[str, str]:

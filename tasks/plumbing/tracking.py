@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frugal.paths import ROOT, ProjectPaths, tracking_uri_set_by_frugal
+from frugal.paths import ROOT, ProjectPaths, download_through_server, tracking_uri_set_by_frugal
 from frugal.paths import tracking_uri as resolve_uri
 from tasks.plumbing import provenance
 from tasks.plumbing.lifecycle import close_stale_runs, owned_run
@@ -51,6 +51,7 @@ def connect(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     ensure_schema(uri)
+    download_through_server(uri)  # a worker connects with the URI its parent hands it, not through tracking_uri()
     mlflow.set_tracking_uri(uri)
     tracking_uri_set_by_frugal(uri)
     mlflow.set_registry_uri(uri)
