@@ -28,7 +28,7 @@ def ensure_pool(name: str) -> bool:
     """Create a process work pool unless it exists; True when it was created."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     with get_client(sync_client=True) as client:
@@ -37,7 +37,10 @@ def ensure_pool(name: str) -> bool:
             return False
         except ObjectNotFound:
             template = ProcessWorker.get_default_base_job_template()
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            except ObjectAlreadyExists:  # a worker starting at the same moment made it (the stack's `up` then `deploy`)
+                return False
             return True
 
 
