@@ -79,6 +79,13 @@ def download_through_server(uri: str) -> None:
 
 
 def tracking_uri_set_by_frugal(uri: str) -> None:
-    """Note the URI frugal handed to mlflow.set_tracking_uri (which also puts it in MLFLOW_TRACKING_URI)."""
+    """Note the URI frugal hands to mlflow.set_tracking_uri (which also puts it in MLFLOW_TRACKING_URI); call it before.
+
+    A URI the user's MLFLOW_TRACKING_URI already names stays the user's: marking it frugal's would make the next
+    `tracking_uri()` skip it (the team stack's runs ended by naming the project's SQLite file instead of its server).
+    """
     global _uri_set_by_frugal
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    if current == uri and current != _uri_set_by_frugal:
+        return
     _uri_set_by_frugal = uri

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,26 @@ def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://mlflow:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")
     assert tracking_uri(load_config("smoke", ["tracking.tracking_uri=http://mlflow:5000"]), paths) == "http://team-server:5000"
+
+
+def test_the_users_tracking_uri_stays_theirs_after_frugal_connects_to_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A run connects to the server MLFLOW_TRACKING_URI names; afterwards that is still the user's choice (the end-of-run
+    hint named the project's SQLite file on the team stack), and downloads from it go through the server."""
+    from flows.commands import where_to_look
+    from frugal.paths import ProjectPaths
+    from tasks.plumbing.tracking import connect, tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")
+    monkeypatch.delenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", raising=False)
+    for module in ("mlflow.tracking._tracking_service.utils._tracking_uri", "mlflow.tracking._model_registry.utils._registry_uri"):
+        monkeypatch.setattr(module, None)  # connect() sets MLflow's process-wide URIs: back to unset after the test
+    connect("http://team-server:5000")
+    assert tracking_uri(load_config("smoke"), ProjectPaths(tmp_path)) == "http://team-server:5000"
+    assert os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false"
+    assert where_to_look("http://team-server:5000") == "http://team-server:5000"
+    monkeypatch.setenv("FRUGAL_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    assert where_to_look("http://team-server:5000") == "http://127.0.0.1:5000"
+    assert where_to_look("sqlite:///x/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:///x/mlflow.db")
 
 
 @pytest.mark.parametrize("key", ["data.dir", "result_storage"])

@@ -52,8 +52,8 @@ def connect(uri: str) -> MlflowClient:
 
     ensure_schema(uri)
     download_through_server(uri)  # a worker connects with the URI its parent hands it, not through tracking_uri()
-    mlflow.set_tracking_uri(uri)
     tracking_uri_set_by_frugal(uri)
+    mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
 
