@@ -19,27 +19,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker_stack as ds
 import pytest
 import yaml
+from docker_stack import COMPOSE_FILE, DOCKER_DIR, REPO
 
 # Tests that need the daemon are marked docker (skipped without one, see conftest) and slow; the pin check needs neither.
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKER_DIR = REPO / "docker"
-COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 LOCK = REPO / "requirements" / "lock.txt"
-BASE_IMAGE = "frugal/debian-bookworm:local"
 GPU_BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"  # build-images.sh's default
 SERVE_IMAGE = "frugal/serve:test"
 # The seeds of every venv, not installed from the lock.
@@ -93,22 +88,9 @@ print(f"STACK-CHECK OK flow run {time.monotonic() - started:.1f} s")
 '''
 
 
-def _run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def _tail(done: subprocess.CompletedProcess[str]) -> str:
-    return done.stdout[-4000:] + done.stderr[-6000:]
-
-
 @pytest.fixture(scope="module")
 def compose() -> list[str]:
-    """`docker compose` (v2) where installed, else Debian's `docker-compose` (1.29)."""
-    if _run(["docker", "compose", "version"], 30).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose") and _run(["docker-compose", "version"], 30).returncode == 0:
-        return ["docker-compose"]
-    pytest.skip("needs Docker Compose (docker compose or docker-compose)")
+    return ds.compose_command()
 
 
 def _published_ports(service: dict) -> list[tuple[str, str]]:
@@ -128,7 +110,7 @@ def _published_ports(service: dict) -> list[tuple[str, str]]:
 def test_compose_file_validates_and_publishes_on_loopback_only(compose: list[str]) -> None:
     for extra in ([], ["-f", str(DOCKER_DIR / "compose.minio.yaml")]):
         for profile in ([], ["--profile", "gpu"]):
-            done = _run([*compose, "-f", str(COMPOSE_FILE), *extra, *profile, "config"], 60)
+            done = ds.run([*compose, "-f", str(COMPOSE_FILE), *extra, *profile, "config"], 60)
             assert done.returncode == 0, done.stderr
             services = yaml.safe_load(done.stdout)["services"]
             assert set(STACK) <= set(services)
@@ -146,53 +128,12 @@ def test_compose_file_validates_and_publishes_on_loopback_only(compose: list[str
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, deadline: float) -> None:
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-                last = resp.status
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"{url} did not answer 200 in time (last: {last})")
-
-
 def _untracked() -> set[str]:
     """Untracked or ignored files in docker/, tests/ and at the top level (where a build or a
     compose run could leave some; the rest of the tree may be in another engineer's hands)."""
     pathspecs = ["docker", "tests", ":(glob)*"]
-    done = _run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", *pathspecs], 60, cwd=REPO)
+    done = ds.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", *pathspecs], 60, cwd=REPO)
     return {line[3:] for line in done.stdout.splitlines() if line[:2] in ("??", "!!")}
-
-
-def _remove_project(compose: list[str], project: str, env: dict[str, str]) -> None:
-    """compose down -v, then whatever still carries the project label (a down that failed)."""
-    try:
-        down = [*compose, "-p", project, "-f", str(COMPOSE_FILE), "--profile", "gpu", "down", "-v", "--remove-orphans", "-t", "10"]
-        _run(down, 180, env=env)
-    except subprocess.TimeoutExpired:
-        pass
-    label = f"label=com.docker.compose.project={project}"
-    for kind, rm in (("ps -aq", "rm -f -v"), ("volume ls -q", "volume rm -f"), ("network ls -q", "network rm")):
-        ids = _run(["docker", *kind.split(), "--filter", label], 60).stdout.split()
-        if ids:
-            _run(["docker", *rm.split(), *ids], 120)
-
-
-def _need_base_image() -> None:
-    """Skip unless the Debian base image exists or can be built here (the build scripts build it when missing)."""
-    if _run(["docker", "image", "inspect", BASE_IMAGE], 60).returncode != 0:
-        if os.geteuid() != 0 or not shutil.which("debootstrap"):
-            pytest.skip(f"{BASE_IMAGE} is missing and building it needs root and debootstrap: run sudo docker/base-image.sh")
 
 
 @dataclass
@@ -203,23 +144,23 @@ class Stack:
     mlflow: str
 
     def __call__(self, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
-        return _run([*self.compose, *args], timeout, env=self.env, **kwargs)
+        return ds.run([*self.compose, *args], timeout, env=self.env, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Builds the images (cached layers make a rebuild seconds), starts the stack on free loopback
     ports, waits for both servers and the CPU worker's pool; removes it all afterwards."""
-    _need_base_image()
+    ds.need_base_image()
     before = _untracked()
     timings: dict[str, float] = {}
     t = time.monotonic()
-    built = _run([str(DOCKER_DIR / "build-images.sh")], 1800, env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("build"))})
+    built = ds.run([str(DOCKER_DIR / "build-images.sh")], 1800, env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("build"))})
     timings["build"] = time.monotonic() - t
-    assert built.returncode == 0, _tail(built)
+    assert built.returncode == 0, ds.tail(built)
 
     project = f"frugaltest{os.getpid()}"
-    ports = {"FRUGAL_PREFECT_PORT": _free_port(), "FRUGAL_MLFLOW_PORT": _free_port(), "FRUGAL_S3_PORT": _free_port()}
+    ports = {"FRUGAL_PREFECT_PORT": ds.free_port(), "FRUGAL_MLFLOW_PORT": ds.free_port(), "FRUGAL_S3_PORT": ds.free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     s = Stack(
         [*compose, "-p", project, "-f", str(COMPOSE_FILE)],
@@ -230,11 +171,11 @@ def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         t = time.monotonic()
         up = s("up", "-d", "--no-build", *STACK, timeout=420)
-        assert up.returncode == 0, _tail(up)
+        assert up.returncode == 0, ds.tail(up)
         deadline = time.monotonic() + 180
-        _wait_http(f"{s.prefect_api}/health", deadline)
-        _wait_http(f"{s.mlflow}/health", deadline)
-        _wait_http(f"http://127.0.0.1:{ports['FRUGAL_S3_PORT']}/_ministack/health", deadline)
+        ds.wait_http(f"{s.prefect_api}/health", deadline)
+        ds.wait_http(f"{s.mlflow}/health", deadline)
+        ds.wait_http(f"http://127.0.0.1:{ports['FRUGAL_S3_PORT']}/_ministack/health", deadline)
         timings["up"] = time.monotonic() - t
         # The worker creates its pool once it is connected to the server.
         pools: list[str] = []
@@ -250,10 +191,10 @@ def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Itera
         raise
     finally:
         t = time.monotonic()
-        _remove_project(compose, project, env)
+        ds.remove_project(compose, project, env)
         timings["down"] = time.monotonic() - t
         print("team stack timings (s):", {k: round(v, 1) for k, v in timings.items()})
-    leftovers = _run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], 60).stdout.split()
+    leftovers = ds.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], 60).stdout.split()
     assert not leftovers, f"containers left behind: {leftovers}"
     assert _untracked() <= before, "the test left files in the work tree"
 
@@ -262,8 +203,8 @@ def stack(compose: list[str], tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.mark.slow
 def test_stack_runs_a_flow_on_the_cpu_worker(stack: Stack) -> None:
     worker = stack("ps", "-q", "worker-cpu").stdout.strip()
-    check = _run(["docker", "exec", "-i", worker, "python", "-", RESULT_STORAGE], 360, input=IN_WORKER)
-    assert "STACK-CHECK OK" in check.stdout, _tail(check)
+    check = ds.run(["docker", "exec", "-i", worker, "python", "-", RESULT_STORAGE], 360, input=IN_WORKER)
+    assert "STACK-CHECK OK" in check.stdout, ds.tail(check)
     # The host reaches MLflow's API too (its Host header is allowed, not only /health's).
     with urllib.request.urlopen(f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stack-check", timeout=10) as resp:
         assert json.load(resp)["experiment"]["name"] == "stack-check"
@@ -282,14 +223,14 @@ def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
     t = time.monotonic()
     deployed = stack("run", "--rm", "--no-deps", "worker-cpu", "frugal", "deploy", *team, timeout=300)
     deploy_s = time.monotonic() - t
-    assert deployed.returncode == 0, _tail(deployed)
+    assert deployed.returncode == 0, ds.tail(deployed)
     t = time.monotonic()
     ran = stack(
         "run", "--rm", "--no-deps", "-e", "FRUGAL_PROJECT_DIR=/tmp/parent", "worker-cpu", "frugal", "run", *team, timeout=900
     )  # fmt: skip
     run_s = time.monotonic() - t
-    assert ran.returncode == 0, _tail(ran)
-    assert "Champion:" in ran.stdout, _tail(ran)
+    assert ran.returncode == 0, ds.tail(ran)
+    assert "Champion:" in ran.stdout, ds.tail(ran)
     # The steps ran as flow runs of the stage deployments on the worker, and all completed.
     request = urllib.request.Request(f"{stack.prefect_api}/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -307,13 +248,13 @@ def test_smoke_pipeline_runs_on_the_workers(stack: Stack) -> None:
 def test_gpu_worker_image_builds(tmp_path: Path) -> None:
     """The GPU image starts FROM a CUDA image on Docker Hub; it builds where that image is present."""
     base = os.environ.get("FRUGAL_GPU_BASE", GPU_BASE_IMAGE)
-    if _run(["docker", "image", "inspect", base], 60).returncode != 0:
+    if ds.run(["docker", "image", "inspect", base], 60).returncode != 0:
         pytest.skip(f"the GPU worker's base image {base} is not present (docker pull it where Docker Hub is reachable)")
-    built = _run([str(DOCKER_DIR / "build-images.sh"), "worker-gpu"], 3600, env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert built.returncode == 0, _tail(built)
+    built = ds.run([str(DOCKER_DIR / "build-images.sh"), "worker-gpu"], 3600, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert built.returncode == 0, ds.tail(built)
     probe = "import torch, frugal; print(torch.version.cuda)"
-    done = _run(["docker", "run", "--rm", "frugal/worker-gpu:local", "python", "-c", probe], 300)
-    assert done.returncode == 0 and done.stdout.strip() not in ("", "None"), _tail(done)
+    done = ds.run(["docker", "run", "--rm", "frugal/worker-gpu:local", "python", "-c", probe], 300)
+    assert done.returncode == 0 and done.stdout.strip() not in ("", "None"), ds.tail(done)
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -359,25 +300,25 @@ def test_serve_image_answers_predictions_without_torch(onnx_champion: Path, tmp_
 
     from frugal.runtime import load_predictor
 
-    _need_base_image()
+    ds.need_base_image()
     before = _untracked()
     registry = f"sqlite:///{onnx_champion / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "FRUGAL_SERVE_IMAGE": SERVE_IMAGE, "PYTHON": sys.executable}
     env["TMPDIR"] = str(tmp_path)  # the build context, outside the work tree
     t = time.monotonic()
-    built = _run([str(DOCKER_DIR / "build-serve.sh"), "models:/frugal-smoke@champion"], 1800, env=env)
+    built = ds.run([str(DOCKER_DIR / "build-serve.sh"), "models:/frugal-smoke@champion"], 1800, env=env)
     build_s = time.monotonic() - t
-    assert built.returncode == 0, _tail(built)
-    size = int(_run(["docker", "image", "inspect", "--format", "{{.Size}}", SERVE_IMAGE], 60).stdout)
+    assert built.returncode == 0, ds.tail(built)
+    size = int(ds.run(["docker", "image", "inspect", "--format", "{{.Size}}", SERVE_IMAGE], 60).stdout)
     assert size < 700e6, f"{size / 1e6:.0f} MB: something heavy (torch alone is ~750 MB installed) got into the image"
 
-    name, port = f"frugal-serve-test-{os.getpid()}", _free_port()
-    started = _run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", SERVE_IMAGE], 120)
-    assert started.returncode == 0, _tail(started)
+    name, port = f"frugal-serve-test-{os.getpid()}", ds.free_port()
+    started = ds.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", SERVE_IMAGE], 120)
+    assert started.returncode == 0, ds.tail(started)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", time.monotonic() + 120)
-        created = _run(["docker", "exec", name, "frugal", "keys", "create", "--name", "test", "--plan", "pro"], 120)
-        assert created.returncode == 0, _tail(created)
+        ds.wait_http(f"http://127.0.0.1:{port}/readyz", time.monotonic() + 120)
+        created = ds.run(["docker", "exec", name, "frugal", "keys", "create", "--name", "test", "--plan", "pro"], 120)
+        assert created.returncode == 0, ds.tail(created)
         texts = ["driverless cars are great", "never getting in one", "the bus was late again", "ok"]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/predict", data=json.dumps({"texts": texts}).encode(),
@@ -393,16 +334,16 @@ def test_serve_image_answers_predictions_without_torch(onnx_champion: Path, tmp_
         np.testing.assert_allclose(got, predictor.predict_proba(texts), rtol=1e-4, atol=1e-5)
         assert [p["label"] for p in predictions] == predictor.predict(texts)
 
-        probe = _run(["docker", "exec", name, "python", "-c", "import torch"], 60)
-        assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr, _tail(probe)
-        frozen = _run(["docker", "exec", name, "pip", "list", "--format=freeze"], 60)
+        probe = ds.run(["docker", "exec", name, "python", "-c", "import torch"], 60)
+        assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr, ds.tail(probe)
+        frozen = ds.run(["docker", "exec", name, "pip", "list", "--format=freeze"], 60)
         installed = {k: v for k, v in _pins(frozen.stdout).items() if k not in VENV_SEEDS}
         lock = _pins(LOCK.read_text())
         assert installed and {k: (v, lock.get(k)) for k, v in installed.items() if lock.get(k) != v} == {}
     except BaseException:
-        print(_tail(_run(["docker", "logs", "--tail", "60", name], 60)))
+        print(ds.tail(ds.run(["docker", "logs", "--tail", "60", name], 60)))
         raise
     finally:
-        _run(["docker", "rm", "-f", "-v", name], 120)
+        ds.run(["docker", "rm", "-f", "-v", name], 120)
     assert _untracked() <= before, "the build left files in the work tree"
     print(f"serve image: built in {build_s:.0f} s, {size / 1e6:.0f} MB")
