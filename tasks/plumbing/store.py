@@ -7,6 +7,7 @@ one in a remote store (S3, a tracking server) is downloaded once into the local 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -35,7 +36,11 @@ def resolve(model_uri: str, paths: ProjectPaths) -> Path:
     def download(tmp: Path) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp)))
 
-    cached = fetch_once(paths.work / "cache" / "registry" / name / version, paths.work / "cache", download)
+    # Cached under what the version points at, not under its name: `frugal-smoke/1` of another registry (another
+    # project, another server) is another model, and a worker serves them all.
+    source = tracking.mlflow_client().get_model_version(name, version).source
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    cached = fetch_once(paths.work / "cache" / "registry" / name / version / key, paths.work / "cache", download)
     return bundle.model_dir(cached)
 
 
