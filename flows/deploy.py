@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from frugal.config import RunConfig, load_config
 from frugal.paths import ROOT, ProjectPaths
 from tasks.dispatch import STAGES, stage_pools
-from tasks.plumbing.measure_slot import MEASURE_LIMIT, ensure_limit
-from tasks.register import ensure_promotion_limit
+from tasks.plumbing.limits import ensure_limit
+from tasks.plumbing.measure_slot import MEASURE_LIMIT
+from tasks.register import PROMOTION_LIMIT
 
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
 
@@ -73,8 +74,8 @@ def deploy(config: str, overrides: list[str], project_dir: str | None) -> Iterat
     )  # fmt: skip
     when = f"cron '{schedule.cron}' ({schedule.timezone})" if schedule.cron else "no schedule"
     yield f"deployment frugal-retrain/{cfg.name} on pool {cfg.workers.pipeline}: {when}, project {project}"
-    ensure_promotion_limit()
-    yield "global concurrency limit frugal-promotion: 1 slot"
+    ensure_limit(PROMOTION_LIMIT)
+    yield f"global concurrency limit {PROMOTION_LIMIT}: 1 slot"
     ensure_limit(MEASURE_LIMIT)  # the measure task also creates it when missing; here it is visible before the first run
     yield f"global concurrency limit {MEASURE_LIMIT}: 1 slot (one measurement at a time, on every measure worker)"
 

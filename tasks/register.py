@@ -24,6 +24,7 @@ from ml.quality import quality
 from tasks.evaluate import measure_model
 from tasks.package import Bundle
 from tasks.plumbing import store, tracking
+from tasks.plumbing.limits import ensure_limit
 from tasks.plumbing.refs import DataRef, Ref, Scores
 from tasks.plumbing.stage import stage
 from tasks.select import Selection
@@ -67,10 +68,14 @@ def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, mea
     except Exception as exc:  # a champion that no longer loads cannot defend its place
         log.warning("The current champion v%s could not be re-measured (%s); it will be replaced", version.version, exc)
         return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"))
-    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
-    f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
-    usd = measured.metrics["usd_per_1m"]
+    f1, usd = macro_f1_on_test(measured, data, cfg, paths), measured.metrics["usd_per_1m"]
     return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=usd, machine=measured.fingerprint)
+
+
+def macro_f1_on_test(measured: Any, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> float:
+    """A re-measured model's macro-F1 on this run's test split."""
+    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
+    return quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
 
 
 def challenger_figures(
@@ -90,9 +95,7 @@ def challenger_figures(
     except Exception as exc:
         log.warning("The challenger could not be re-measured beside the champion (%s); their costs are not compared", exc)
         return champion.metrics, champion.machine
-    truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
-    f1 = quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
-    return {"macro_f1": f1, "usd_per_1m": measured.metrics["usd_per_1m"]}, measured.fingerprint
+    return {"macro_f1": macro_f1_on_test(measured, data, cfg, paths), "usd_per_1m": measured.metrics["usd_per_1m"]}, measured.fingerprint
 
 
 class Rule(NamedTuple):
@@ -216,23 +219,7 @@ def promotion_lock(name: str, paths: ProjectPaths) -> Iterator[None]:
             return
         from prefect.concurrency.sync import concurrency
 
-        ensure_promotion_limit()
+        ensure_limit(PROMOTION_LIMIT)
         # A server-side lease: a killed holder's slot comes back after lease_duration (server services run).
         with concurrency(PROMOTION_LIMIT, occupy=1, lease_duration=300, timeout_seconds=1800):
             yield
-
-
-def ensure_promotion_limit() -> None:
-    """Create the global concurrency limit (one slot) that serialises promotions; `frugal deploy` calls it too."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1))
-            except ObjectAlreadyExists:
-                pass

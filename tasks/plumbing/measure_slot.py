@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from filelock import FileLock
 
 from frugal.paths import ProjectPaths
+from tasks.plumbing.limits import ensure_limit
 
 MEASURE_LIMIT = "frugal-measure"
 LEASE_SECONDS = 120  # renewed every 90 s while the holder lives; a dead holder's slot is free again after this
@@ -49,21 +50,3 @@ def measurement_slot(paths: ProjectPaths) -> Iterator[None]:
         ensure_limit(MEASURE_LIMIT)
         with concurrency(MEASURE_LIMIT, occupy=1, lease_duration=LEASE_SECONDS, timeout_seconds=WAIT_SECONDS):
             yield
-
-
-def ensure_limit(name: str, slots: int = 1) -> bool:
-    """Create the global concurrency limit `name` with `slots` slots unless it exists; True when it was created."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-            return False
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-                return True
-            except ObjectAlreadyExists:  # another process created it meanwhile
-                return False
