@@ -163,7 +163,7 @@ def _second_machine(stack: Project) -> str:
     """Pin the stack's CPU worker to CPU 0 and start another worker of its image on CPU 1, with the same settings and a
     volume of its own: two machines of the pool frugal-cpu that share only the stack. Returns the second's container id."""
     first = stack("ps", "-q", "worker-cpu", timeout=60).stdout.strip()
-    pinned = run_docker("update", "--cpuset-cpus", "0", first)
+    run_docker("update", "--cpuset-cpus", "0", first)  # run_docker fails the test on a non-zero exit
     config = json.loads(run_docker("inspect", first).stdout)[0]
     label = f"com.docker.compose.project={stack.name}"  # so Project.remove() takes it and its volume away too
     volume = run_docker("volume", "create", "--label", label, f"{stack.name}_worker-b").stdout.strip()
@@ -173,7 +173,6 @@ def _second_machine(stack: Project) -> str:
         "run", "-d", "--label", label, "--name", f"{stack.name}_worker-b", "--cpuset-cpus", "1", "--network", network,
         "-v", f"{volume}:/var/lib/frugal", *env, config["Config"]["Image"],
     )  # fmt: skip
-    assert pinned.returncode == 0 and started.returncode == 0
     return started.stdout.strip()
 
 
