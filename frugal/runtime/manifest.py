@@ -28,6 +28,7 @@ class Manifest:
     dtype: str = "float32"
     lineage: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    task: str = "classify"  # generate: a causal LM (labels empty; max_length = the context, prompt + new tokens)
 
     def save(self, model_dir: Path) -> None:
         (model_dir / MANIFEST).write_text(json.dumps(asdict(self), indent=2))

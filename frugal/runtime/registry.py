@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frugal.runtime.generator import Generator
 from frugal.runtime.manifest import Manifest
 from frugal.runtime.predictor import Predictor
 
@@ -24,7 +25,8 @@ from frugal.runtime.predictor import Predictor
 CODE_DEPS = ("frugal.runtime.formats",)
 FORMATS_PACKAGE = "frugal.runtime.formats"
 
-Loader = Callable[[Path, Manifest, "int | None", str], Predictor]  # (model folder, its manifest, threads, device)
+# (model folder, its manifest, threads, device): a Predictor for a classifier, a Generator for a causal LM (manifest.task)
+Loader = Callable[[Path, Manifest, "int | None", str], "Predictor | Generator"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,16 @@ def load_predictor(model_dir: str | Path, threads: int | None = None, device: st
     """The predictor of a model folder of any registered format."""
     manifest = Manifest.load(Path(model_dir))
     return get_format(manifest.format).load(Path(model_dir), manifest, threads, device)
+
+
+def load_generator(model_dir: str | Path, threads: int | None = None, device: str = "cpu") -> Generator:
+    """The generator of a generative model folder (manifest task "generate") of any registered format."""
+    manifest = Manifest.load(Path(model_dir))
+    if manifest.task != "generate":
+        raise ValueError(f"{model_dir} holds a {manifest.task} model ({manifest.format}), not a generative one")
+    loaded = get_format(manifest.format).load(Path(model_dir), manifest, threads, device)
+    assert isinstance(loaded, Generator)
+    return loaded
 
 
 def save_model(model: Any, dst: Path, manifest: Manifest) -> None:
