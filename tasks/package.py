@@ -63,8 +63,7 @@ def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
 
     manifest = Manifest.load(model_dir)
     get_format(manifest.format)  # an unknown format fails here, before MLflow writes anything
-    example = pd.DataFrame({"text": sample_texts})
-    output = pd.DataFrame({"label": ["x"] * len(sample_texts), **{f"p_{label}": [0.0] * len(sample_texts) for label in manifest.labels}})
+    example, output = signature_frames(manifest, sample_texts)
     with serving_code(model_dir) as code:
         mlflow.pyfunc.save_model(
             path=str(out),
@@ -78,6 +77,16 @@ def build_bundle(model_dir: Path, out: Path, sample_texts: list[str]) -> Path:
     return out
 
 
+def signature_frames(manifest: Manifest, sample_texts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundle's example input and output, by task (frugal/bundle/pyfunc.py serves both)."""
+    n = len(sample_texts)
+    if manifest.task == "generate":
+        answers = {"response": ["x"] * n, "prompt_tokens": [1] * n, "completion_tokens": [1] * n}
+        return pd.DataFrame({"prompt": sample_texts}), pd.DataFrame(answers)
+    probabilities = {f"p_{label}": [0.0] * n for label in manifest.labels}
+    return pd.DataFrame({"text": sample_texts}), pd.DataFrame({"label": ["x"] * n, **probabilities})
+
+
 @stage(name="package")
 def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Bundle:
     champion = next(v for v in variants if v.name == selection.champion.variant)
@@ -85,7 +94,8 @@ def package(selection: Selection, variants: list[Variant], data: DataRef, cfg: R
     model_dir = store.model_dir(champion.model, paths)
     fmt = Manifest.load(model_dir).format
     with tempfile.TemporaryDirectory() as tmp:
-        sample = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["text"][:2])
+        column = "prompt" if cfg.task == "generate" else "text"
+        sample = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")[column][:2])
         out = build_bundle(model_dir, Path(tmp) / BUNDLE, sample)
         # What evaluation measured travels with the bundle: served from a folder (the image), requests are still metered.
         figures = {"variant": champion.name, "parent_run": parent_run, "metrics": selection.champion.metrics}

@@ -15,7 +15,7 @@ MODEL = "artifacts/model"  # the model folder inside a bundle
 FIGURES = "serving.json"  # the champion's variant and measured metrics
 ENTRY = "bundle/serve_model.py"  # MLflow's "model from code": loading it unpickles nothing
 _CORE = ("__init__.py", "bundle/__init__.py", "bundle/pyfunc.py", ENTRY, "runtime/__init__.py", "runtime/manifest.py",
-         "runtime/predictor.py", "runtime/registry.py", "runtime/formats/__init__.py")  # fmt: skip
+         "runtime/predictor.py", "runtime/generator.py", "runtime/registry.py", "runtime/formats/__init__.py")  # fmt: skip
 
 
 def model_dir(folder: Path) -> Path:
