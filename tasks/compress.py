@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from frugal.config import FinetuneConfig, ModelConfig, RunConfig, StepConfig
+from frugal.config import FinetuneConfig, GenerateConfig, ModelConfig, RunConfig, StepConfig
 from frugal.errors import SkipVariant
 from frugal.paths import ProjectPaths
 from ml.checkpoints import checkpoint_dir
@@ -50,13 +50,16 @@ class StepSettings(Ref):
     serve_threads: int
     serve_batch_size: int
     tolerance: float  # select.tolerance: a method choosing between candidates (int8's race) keeps to it
+    generate: GenerateConfig | None = None  # task generate only: prompt format and decoding (not in a classifier step's key)
+    baseline: ModelRef | None = None  # task generate only: the fine-tuned model (speculative decoding's target)
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> StepSettings:
-        e = cfg.evaluate
+    def of(cls, cfg: RunConfig, baseline: ModelRef | None = None) -> StepSettings:
+        e, generative = cfg.evaluate, cfg.task == "generate"
         return cls(
             labels=cfg.data.labels, seed=cfg.seed, train=cfg.finetune, model=cfg.model, serve_device=e.device, serve_threads=e.threads,
-            serve_batch_size=e.batch_size, tolerance=cfg.select.tolerance,
+            serve_batch_size=e.batch_size, tolerance=cfg.select.tolerance, generate=cfg.generate if generative else None,
+            baseline=baseline if generative else None,
         )  # fmt: skip
 
 
@@ -64,7 +67,8 @@ def context(settings: StepSettings, data_dir: Path, paths: ProjectPaths, checkpo
     return CompressContext(
         data=data_dir, labels=settings.labels, seed=settings.seed, train=settings.train, model=settings.model,
         serve_device=settings.serve_device, serve_threads=settings.serve_threads, serve_batch_size=settings.serve_batch_size,
-        tolerance=settings.tolerance, scratch=paths.work / "scratch", checkpoint=checkpoint,
+        tolerance=settings.tolerance, scratch=paths.work / "scratch", checkpoint=checkpoint, generate=settings.generate,
+        baseline=store.model_dir(settings.baseline, paths) if settings.baseline else None,
     )  # fmt: skip
 
 
@@ -101,7 +105,7 @@ def build_variant(
     run_step: StepRunner = compress_step,
 ) -> Variant:  # fmt: skip
     """Run a variant's planned steps in order; never raises for a method's own failure (see module docstring)."""
-    settings = StepSettings.of(cfg)
+    settings = StepSettings.of(cfg, baseline)
     for step in steps:
         reason = step.method.unsupported(cfg.evaluate.device)
         if reason:

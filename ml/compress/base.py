@@ -16,7 +16,7 @@ from frugal.runtime.registry import save_model
 if TYPE_CHECKING:
     import torch
 
-    from frugal.config import ModelConfig, TrainConfig
+    from frugal.config import GenerateConfig, ModelConfig, TrainConfig
 
 REGISTRY: dict[str, type[Method]] = {}
 TORCH_FORMATS = ("hf", "hf-resized")  # PyTorch folders frugal's loader reads: what most methods take
@@ -43,6 +43,8 @@ class CompressContext:
     serve_batch_size: int = 32  # batch size variants are measured with (evaluate.batch_size)
     tolerance: float = 0.01  # select.tolerance: the largest macro-F1 drop a method may accept when it chooses between candidates
     checkpoint: Path | None = None  # where a training method keeps its resume point (None: no checkpoints)
+    generate: GenerateConfig | None = None  # task generate: the prompt format and decoding settings (None for classifiers)
+    baseline: Path | None = None  # the fine-tuned model folder: what a step may need besides its input (speculative's target)
 
 
 @dataclass
