@@ -17,11 +17,16 @@ The merge rule (`merge`; docs/data.md "Feedback becomes the next data version"):
    always keeps them.
 
 `feedback_rows` and the two dropped counts are rows; the other counts are texts.
+
+task: generate merges the same way (ml/generation/data.py `add_pair_feedback`): text is the prompt, label the corrected
+response; `merge` gets no label set (any non-empty response is usable; an empty one counts as `feedback_unknown_label`)
+and the pairs' own normalisation, which keeps newlines.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from frugal.errors import DataError, FrugalError
 from ml.data import FROM_FEEDBACK, label_str, normalise_text
 
 log = logging.getLogger(__name__)
+Normalise = Callable[[pd.Series], pd.Series]
 
 COLUMNS = ["text", "label", "created_at"]
 FILE_FIX = "Point data.feedback at a .csv or .parquet file with columns text, label[, created_at], as `frugal feedback export` writes."
@@ -50,17 +56,22 @@ def add_feedback(base: pd.DataFrame, cfg: DataConfig, root: Path) -> tuple[pd.Da
     return merged, report
 
 
-def merge(base: pd.DataFrame, feedback: pd.DataFrame, labels: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Merge feedback (text, label[, created_at]) into base rows (text, label) by the module's rule; return the rows and counts."""
+def merge(
+    base: pd.DataFrame, feedback: pd.DataFrame, labels: list[str] | None, normalise: Normalise = normalise_text
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Merge feedback (text, label[, created_at]) into base rows (text, label) by the module's rule; return the rows and counts.
+
+    labels None (task: generate): a label is free text (a response), normalised like the text.
+    """
     report = {"feedback_rows": len(feedback)}
-    usable, dropped = _usable(feedback, labels)
+    usable, dropped = _usable(feedback, labels, normalise)
     report |= dropped
     report["feedback_conflicting"] = int((usable.groupby("text")["label"].nunique() > 1).sum())
     winners = _latest(usable)
-    key = normalise_text(base["text"].fillna("").astype(str))  # a missing base text ("") never matches: empty feedback is dropped
+    key = normalise(base["text"].fillna("").astype(str))  # a missing base text ("") never matches: empty feedback is dropped
     new_label = key.map(pd.Series(winners["label"].to_numpy(), index=winners["text"].to_numpy()))
     has = new_label.notna()
-    agrees = base["label"].map(label_str).eq(new_label)[has].groupby(key[has]).all()
+    agrees = _labels(base["label"], labels, normalise).eq(new_label)[has].groupby(key[has]).all()
     report["feedback_relabelled"] = int((~agrees).sum())
     report["feedback_confirmed"] = int(agrees.sum())
     added = winners[~winners["text"].isin(key)]
@@ -69,11 +80,15 @@ def merge(base: pd.DataFrame, feedback: pd.DataFrame, labels: list[str]) -> tupl
     return pd.concat([relabelled, added.assign(**{FROM_FEEDBACK: True})], ignore_index=True), report
 
 
-def _usable(feedback: pd.DataFrame, labels: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
-    text = normalise_text(feedback["text"].fillna("").astype(str))
-    label = feedback["label"].map(label_str)
+def _labels(label: pd.Series, labels: list[str] | None, normalise: Normalise) -> pd.Series:
+    return label.map(label_str) if labels is not None else normalise(label.fillna("").astype(str))
+
+
+def _usable(feedback: pd.DataFrame, labels: list[str] | None, normalise: Normalise) -> tuple[pd.DataFrame, dict[str, int]]:
+    text = normalise(feedback["text"].fillna("").astype(str))
+    label = _labels(feedback["label"], labels, normalise)
     empty = text == ""
-    unknown = ~empty & ~label.isin(labels)
+    unknown = ~empty & (~label.isin(labels) if labels is not None else label.eq(""))
     created = pd.to_datetime(feedback["created_at"], utc=True) if "created_at" in feedback else pd.Series(pd.NaT, index=feedback.index)
     usable = pd.DataFrame({"text": text, "label": label, "created_at": created})[~empty & ~unknown]
     return usable, {"feedback_empty_text": int(empty.sum()), "feedback_unknown_label": int(unknown.sum())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -49,19 +50,23 @@ def with_derived_columns(frame: pd.DataFrame, labels: list[str], train_texts: se
 
 def run_suite(frames: dict[str, pd.DataFrame], cfg: RunConfig) -> dict[str, Any]:
     """Validate each split; return {split: GX result as a JSON-able dict}."""
+    train_texts = set(frames["train"]["text"]) if "text" in frames["train"] else set()
+    derived = {split: with_derived_columns(frames[split], cfg.data.labels, None if split == "train" else train_texts) for split in SPLITS}
+    return validate_splits(derived, lambda split: build_suite(cfg, split))
+
+
+def validate_splits(frames: dict[str, pd.DataFrame], suite_for: Callable[[str], Any]) -> dict[str, Any]:
+    """Each split (derived columns added) through its suite in an ephemeral GX context; {split: result as a JSON-able dict}."""
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_pandas("frugal")
-    train_texts = set(frames["train"]["text"]) if "text" in frames["train"] else set()
     results = {}
     for split in SPLITS:
-        asset = source.add_dataframe_asset(split)
-        batch_def = asset.add_batch_definition_whole_dataframe(split)
-        frame = with_derived_columns(frames[split], cfg.data.labels, None if split == "train" else train_texts)
-        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
-        results[split] = batch.validate(build_suite(cfg, split), result_format="SUMMARY").to_json_dict()
+        batch_def = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split)
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frames[split]})
+        results[split] = batch.validate(suite_for(split), result_format="SUMMARY").to_json_dict()
     return results
 
 

@@ -1,4 +1,5 @@
-"""prepare: the config's source, cleaned and split (ml/prepare.py), staged as Parquet files for validation."""
+"""prepare: the config's source, cleaned and split (ml/prepare.py; task generate: ml/generation/data.py), staged as Parquet files for
+validation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from ml.data import summary, write_splits
+from ml.generation.data import TokenCounter, prepared_pairs, write_pairs
 from ml.prepare import prepared
 from tasks.plumbing import tracking
 from tasks.plumbing.refs import Ref
@@ -30,11 +32,22 @@ class Staged(Ref):
 @stage(name="prepare", retries=2)
 def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
     """Load (and merge data.feedback into), clean and split the data into this run's staging folder; log the cleaning report."""
-    splits, report = prepared(cfg, paths.root)
+    if cfg.task == "generate":
+        splits, report = prepared_pairs(cfg, paths.root, *token_counters(cfg))
+    else:
+        splits, report = prepared(cfg, paths.root)
     staged = Staged(run_id=parent_run, rows={})
     shutil.rmtree(staged.dir(paths), ignore_errors=True)
-    rows = write_splits(splits, staged.dir(paths))
+    rows = (write_pairs if cfg.task == "generate" else write_splits)(splits, staged.dir(paths))
     log.info("Cleaning: %s rows in, %s kept (%s)", report["rows_raw"], report["rows_clean"], summary(report) or "nothing removed")
     tracking.log_metrics(parent_run, {**report, **{f"rows_{k}": v for k, v in rows.items()}})
     tracking.log_json(parent_run, report, "data/cleaning_report.json")
     return Staged(run_id=parent_run, rows=rows)
+
+
+def token_counters(cfg: RunConfig) -> tuple[TokenCounter | None, TokenCounter | None]:
+    """The hook for generate.max_prompt_tokens / max_response_tokens: (response counter, prompt counter after the chat template).
+
+    None, None = whitespace words, until the model's tokenizer is wired in here (ml/generation/modeling.py `tokenizer_for`).
+    """
+    return None, None
