@@ -22,6 +22,8 @@ from frugal.accounts.store import Accounts, AccountsError, KeyInfo
 from frugal.config.serve import load_settings
 from tools import postgres  # on the path by conftest.py
 
+HEAD = "0002"  # the last revision in frugal/accounts/migrations/versions
+
 
 def _all_values(store: Accounts) -> list[str]:
     meta = MetaData()
@@ -146,7 +148,7 @@ def test_migrate_twice_is_a_no_op_and_matches_the_models(accounts: Accounts) -> 
     accounts.migrate()
     assert accounts.list_keys() == [key]
     with accounts.engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [HEAD]
         context = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
         assert compare_metadata(context, Base.metadata) == []  # models.py and migrations/ describe the same tables
 
@@ -169,7 +171,7 @@ def test_two_processes_migrate_a_fresh_database_at_once(url: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], errors
     store = Accounts(url, PLANS)
     with store.engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [HEAD]
     assert store.create_key("acme", "small")[1] in store.list_keys()
     store.close()
 

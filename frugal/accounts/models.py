@@ -58,7 +58,11 @@ class MonthlyUsage(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
     texts: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Double, default=0.0)  # our compute cost of serving them
-    billed_usd: Mapped[float] = mapped_column(Double, default=0.0)  # plan price x texts / 1000
+    billed_usd: Mapped[float] = mapped_column(Double, default=0.0)  # plan price x texts / 1000 (+ tokens x $ per 1M tokens / 1e6)
+    # A generative model's quota counter: prompt + max_tokens are taken at admission, the unused part given back once answered.
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)  # what was answered (the bill), written with the cost
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class MinuteRequests(Base):
@@ -86,7 +90,8 @@ class ServedText(Base):
 
 
 class Feedback(Base):
-    """A correct label sent by a customer: the raw material for the next training set."""
+    """A correct label sent by a customer, or for a generative model (task "generate") a corrected response (label) for a
+    prompt (text): the raw material for the next training set."""
 
     __tablename__ = "feedback"
 
@@ -95,5 +100,6 @@ class Feedback(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     index: Mapped[int | None] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
-    label: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(Text)  # Text, not String(200): a corrected response is a text
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    task: Mapped[str] = mapped_column(String(16), default="classify")

@@ -17,14 +17,15 @@ def keys_table(keys: list[KeyInfo]) -> str:
 def usage_table(rows: list[UsageRow], month: str) -> str:
     if not rows:
         return f"No usage in {month}."
-    body = [[r.key_id, r.name, r.plan, str(r.requests), str(r.texts), _usd(r.cost_usd), _usd(r.billed_usd), _usd(r.margin_usd)]
-            for r in rows]  # fmt: skip
+    # The token columns last: a generative model's (prompt and completion tokens are priced separately).
+    body = [[r.key_id, r.name, r.plan, str(r.requests), str(r.texts), _usd(r.cost_usd), _usd(r.billed_usd), _usd(r.margin_usd),
+             str(r.prompt_tokens), str(r.completion_tokens)] for r in rows]  # fmt: skip
     total = ["total", "", "", *(str(sum(getattr(r, f) for r in rows)) for f in ("requests", "texts")),
-             *(_usd(sum(getattr(r, f) for r in rows)) for f in ("cost_usd", "billed_usd", "margin_usd"))]  # fmt: skip
-    header = ["key_id", "name", "plan", "requests", "texts", "cost $", "billed $", "margin $"]
-    return f"Usage in {month} (UTC); cost = our compute, billed = plan price x texts / 1000, margin = billed - cost.\n" + _table(
-        header, [*body, total], numeric=5
-    )
+             *(_usd(sum(getattr(r, f) for r in rows)) for f in ("cost_usd", "billed_usd", "margin_usd")),
+             *(str(sum(getattr(r, f) for r in rows)) for f in ("prompt_tokens", "completion_tokens"))]  # fmt: skip
+    header = ["key_id", "name", "plan", "requests", "texts", "cost $", "billed $", "margin $", "prompt tokens", "completion tokens"]
+    why = "billed = plan price x texts / 1000 + prompt and completion tokens x their prices per 1M / 1e6"
+    return f"Usage in {month} (UTC); cost = our compute, {why}, margin = billed - cost.\n" + _table(header, [*body, total], numeric=7)
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: int) -> str:

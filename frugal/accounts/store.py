@@ -12,8 +12,10 @@ INTERFACE CONTRACT (the serving app codes against exactly this):
     store.admit_many([(key, n_texts), ...], now=None) -> list[Admission]   # the same for many, in order, one transaction
     store.record(key, request_id, texts, labels, model_version, cost_usd, now=None)  # usage + what was served (for feedback by id)
     store.record_many([Served(...), ...])                 # the same for many requests, one transaction
-    store.add_feedback(key, label, text=None, request_id=None, index=0) -> int        # unknown request id -> AccountsError
-    store.feedback_rows() -> list[FeedbackRow]            # (text, label, created_at, key_id)
+    store.admit_many([(key, 0, n_tokens)])               # a generation: prompt + max_tokens against the monthly token quota
+    store.record_many([Served(..., tokens=TokenUse(prompt, completion, reserved))])  # bills tokens, gives back the unused
+    store.add_feedback(key, label, text=None, request_id=None, index=0, task="classify") -> int  # unknown request id -> AccountsError
+    store.feedback_rows(task=None) -> list[FeedbackRow]   # (text, label, created_at, key_id); task "generate": prompt, response
     store.usage(month="YYYY-MM" | None) -> list[UsageRow] # per key and month: requests, texts, cost_usd, billed_usd, margin_usd
 
     KeyInfo(key_id: str, name: str, plan: str, created_at: datetime, revoked_at: datetime | None)
@@ -22,6 +24,8 @@ INTERFACE CONTRACT (the serving app codes against exactly this):
 
 Who counts what: `admit` counts the request and its texts (so concurrent requests cannot overrun the quota between
 check and count); `record` adds the money (cost_usd, billed_usd = plan price x texts / 1000) and keeps the served texts.
+A generation is admitted for its prompt tokens + max_tokens; its record bills prompt and completion tokens at the plan's
+$ per 1M, gives back the tokens it did not use, and keeps its prompt as the served text (label "") for feedback by id.
 Every `now` is an aware datetime (UTC or not); None means the current time.
 """
 
@@ -42,7 +46,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
 from frugal.accounts import db
-from frugal.accounts.admission import Admission, admit_many
+from frugal.accounts.admission import Admission, Request, admit_many
+from frugal.accounts.billing import BILL, TokenUse, bill_of
 from frugal.accounts.clock import month_of, utc
 from frugal.accounts.models import ApiKey, Feedback, MonthlyUsage, ServedText
 from frugal.config.serve import Plan, ServeSettings, database_url, load_settings
@@ -67,7 +72,8 @@ class KeyInfo:
 
 @dataclass(frozen=True)
 class Served:
-    """One answered request, as `record` takes it: `at` is an aware UTC time."""
+    """One answered request, as `record` takes it: `at` is an aware UTC time. A generation has `tokens`, its prompt as
+    the one text and "" as its label, and is billed per token, not per text."""
 
     key: KeyInfo
     request_id: str
@@ -76,6 +82,7 @@ class Served:
     model_version: str
     cost_usd: float
     at: datetime
+    tokens: TokenUse | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class UsageRow:
     cost_usd: float  # our compute cost
     billed_usd: float  # what the plan charges
     margin_usd: float  # billed - cost
+    prompt_tokens: int = 0  # a generative model's
+    completion_tokens: int = 0
 
 
 def url_for(settings: ServeSettings, project_root: Path) -> str:
@@ -167,7 +176,7 @@ class Accounts:
         """May this request run now? If so it is counted: one request this minute, one request and n_texts this month."""
         return self.admit_many([(key, n_texts)], now)[0]
 
-    def admit_many(self, requests: Sequence[tuple[KeyInfo, int]], now: datetime | None = None) -> list[Admission]:
+    def admit_many(self, requests: Sequence[Request], now: datetime | None = None) -> list[Admission]:
         """`admit` for many requests, in their order, in one transaction (frugal/accounts/admission.py)."""
         with self._writer, self._sessions.begin() as session:
             return admit_many(session, self.plans, requests, utc(now))
@@ -183,24 +192,25 @@ class Accounts:
         """`record` for many requests in one transaction (the server's background writer): one upsert per key and month."""
         if not answered:
             return
-        bills: dict[tuple[str, str], list[float]] = {}
+        bills: dict[tuple[str, str], dict[str, float]] = {}
         rows = []
         for served in answered:
-            plan = self.plans.get(served.key.plan)
-            bill = bills.setdefault((served.key.key_id, month_of(served.at)), [0.0, 0.0])
-            bill[0] += served.cost_usd
-            bill[1] += (plan.usd_per_1k_texts if plan else 0.0) * len(served.texts) / 1000
+            bill = bills.setdefault((served.key.key_id, month_of(served.at)), dict.fromkeys(BILL, 0))
+            for column, amount in bill_of(served.cost_usd, len(served.texts), served.tokens, self.plans.get(served.key.plan)).items():
+                bill[column] += amount
             rows += [_served_text(served, i, text, label) for i, (text, label) in enumerate(zip(served.texts, served.labels, strict=True))]
         with self._writer, self._sessions.begin() as session:
             # Rows first, counters in key order: two writers, or a writer and `admit`, never wait on each other in a cycle.
             session.execute(insert(ServedText), rows)  # one executemany, not an ORM object per text
-            for (key_id, month), (cost, billed) in sorted(bills.items()):
-                db.increment(session, MonthlyUsage, {"key_id": key_id, "month": month}, cost_usd=cost, billed_usd=billed)
+            for (key_id, month), bill in sorted(bills.items()):
+                db.increment(session, MonthlyUsage, {"key_id": key_id, "month": month}, **bill)
 
     def add_feedback(
-        self, key: KeyInfo, label: str, text: str | None = None, request_id: str | None = None, index: int = 0, now: datetime | None = None
-    ) -> int:
-        """Store a correct label for a text, given as is or as (request_id, index) of a request this key made; returns its id."""
+        self, key: KeyInfo, label: str, text: str | None = None, request_id: str | None = None, index: int = 0, now: datetime | None = None,
+        task: str = "classify",
+    ) -> int:  # fmt: skip
+        """Store a correct label for a text, given as is or as (request_id, index) of a request this key made; returns its id.
+        task "generate": the label is a corrected response, the text its prompt."""
         with self._sessions.begin() as session:
             if request_id is not None:
                 served = session.get(ServedText, (request_id, index))
@@ -211,14 +221,16 @@ class Accounts:
             elif text is None:
                 raise AccountsError("Feedback names neither a text nor a request_id.", "Send the text, or the request_id (and index).")
             row = Feedback(key_id=key.key_id, request_id=request_id, index=index if request_id is not None else None, text=text,
-                           label=label, created_at=utc(now))  # fmt: skip
+                           label=label, created_at=utc(now), task=task)  # fmt: skip
             session.add(row)
             session.flush()
             return row.id
 
-    def feedback_rows(self) -> list[FeedbackRow]:
+    def feedback_rows(self, task: str | None = None) -> list[FeedbackRow]:
+        """Every feedback row, or those of one task ("classify": labels; "generate": prompt and corrected response)."""
+        query = select(Feedback).order_by(Feedback.id)
         with self._reads() as session:
-            rows = session.scalars(select(Feedback).order_by(Feedback.id))
+            rows = session.scalars(query.where(Feedback.task == task) if task is not None else query)
             return [FeedbackRow(r.text, r.label, r.created_at, r.key_id) for r in rows]
 
     def usage(self, month: str | None = None) -> list[UsageRow]:
@@ -232,7 +244,19 @@ class Accounts:
             query = query.where(MonthlyUsage.month == _check_month(month))
         with self._reads() as session:
             return [
-                UsageRow(u.key_id, name, plan, u.month, u.requests, u.texts, u.cost_usd, u.billed_usd, u.billed_usd - u.cost_usd)
+                UsageRow(
+                    u.key_id,
+                    name,
+                    plan,
+                    u.month,
+                    u.requests,
+                    u.texts,
+                    u.cost_usd,
+                    u.billed_usd,
+                    u.billed_usd - u.cost_usd,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                )  # fmt: skip
                 for u, name, plan in session.execute(query)
             ]
 

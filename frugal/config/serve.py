@@ -15,6 +15,11 @@ class Plan(Strict):
     requests_per_minute: int = Field(gt=0, description="Requests a key on this plan may make per minute; more get 429.")
     texts_per_month: int = Field(gt=0, description="Texts a key may send per calendar month (UTC); more get 429.")
     usd_per_1k_texts: float = Field(ge=0, description="What the customer pays per 1,000 texts (the plan's price).")
+    # The token fields default here, not in the YAML: a plan written before generation existed (classification only) stays valid.
+    tokens_per_month: int = Field(0, ge=0, description="Tokens (prompt + completion) a key may use per calendar month (UTC) on a "
+                                  "generative model; 0 = the plan does not include generation.")  # fmt: skip
+    usd_per_1m_tokens: float = Field(0.0, ge=0, description="What the customer pays per 1M completion (generated) tokens.")
+    usd_per_1m_prompt_tokens: float = Field(0.0, ge=0, description="What the customer pays per 1M prompt tokens.")
 
 
 class ServeSettings(Strict):
@@ -33,6 +38,7 @@ class ServeSettings(Strict):
     meter_flush_ms: float = Field(gt=0, description="Answered requests are billed in batches this often (a SIGKILL loses at most these).")
     max_body_bytes: int = Field(gt=0, description="Request bodies above this size get 413 before they are read.")
     max_texts: int = Field(gt=0, description="Texts per request; more is 422.")
+    max_tokens: int = Field(gt=0, description="A generative model's largest max_tokens per request; more is 422 (and the default).")
     database_url: str | None = Field(description="SQLAlchemy URL for keys, usage and feedback; null = sqlite serve.db in the project.")
     plans: dict[str, Plan] = Field(min_length=1, description="Plan name -> limits and price.")
 
