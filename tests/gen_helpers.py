@@ -37,12 +37,12 @@ def write_tokenizer(tok_dir: Path, vocab_size: int = 300, corpus: list[str] | No
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64):  # noqa: ANN201 (torch imported lazily)
-    """A random LlamaForCausalLM small enough to build, convert and decode in well under a second."""
+    """A random LlamaForCausalLM small enough to build, convert and decode in well under a second (tied embeddings, as SmolLM2)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
                          bos_token_id=None, eos_token_id=2, pad_token_id=0)  # fmt: skip
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()

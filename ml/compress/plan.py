@@ -17,6 +17,7 @@ from frugal.errors import ConfigError
 from ml.compress import Method, get_method
 
 BASELINE_FORMAT = "hf"  # what fine-tuning gives every chain's first step
+BASELINE_FORMATS = {"classify": "hf", "generate": "causal-hf"}  # ... by task (RunConfig.task)
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,13 @@ class Plan:
     chains: dict[str, list[Step]]  # variant name -> its steps, in config order
 
 
-def plan(compress: CompressConfig) -> Plan:
-    """Every chain of the config as method instances; one ConfigError naming each bad variant otherwise."""
+def plan(compress: CompressConfig, baseline_format: str = BASELINE_FORMAT) -> Plan:
+    """Every chain of the config as method instances, the first step taking `baseline_format` (BASELINE_FORMATS[cfg.task]);
+    one ConfigError naming each bad variant otherwise."""
     chains, problems = {}, []
     for name, steps in compress.chains().items():
         try:
-            chains[name] = chain(name, steps)
+            chains[name] = chain(name, steps, baseline_format)
         except ValueError as exc:
             problems.append(str(exc))
     if problems:
@@ -50,9 +52,9 @@ def plan(compress: CompressConfig) -> Plan:
     return Plan(chains)
 
 
-def chain(name: str, steps: list[StepConfig]) -> list[Step]:
+def chain(name: str, steps: list[StepConfig], baseline_format: str = BASELINE_FORMAT) -> list[Step]:
     """A variant's steps as method instances, each taking the format the step before it gives."""
-    where, planned, given = f"variant {name!r}", [], (BASELINE_FORMAT,)
+    where, planned, given = f"variant {name!r}", [], (baseline_format,)
     for i, config in enumerate(steps):
         method = _method(config, where)
         refused = [fmt for fmt in given if fmt not in method.accepts]

@@ -15,7 +15,7 @@ from frugal.compose import compose
 from frugal.config import RunConfig, validate_config
 from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths, tracking_uri
-from ml.compress.plan import plan
+from ml.compress.plan import BASELINE_FORMATS, plan
 from tasks.plumbing import tracking
 
 
@@ -27,7 +27,7 @@ def load(config: str | Path, overrides: list[str]) -> RunConfig:
 def checked(raw: dict[str, Any]) -> RunConfig:
     """A composed config mapping through the schema, then the compression plan (methods, options, chain formats)."""
     cfg = validate_config(raw)
-    plan(cfg.compress)
+    plan(cfg.compress, BASELINE_FORMATS[cfg.task])
     return cfg
 
 
