@@ -23,14 +23,18 @@ def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> str:
     """The text the model sees before its answer: as `Generator.render` builds it from the saved tokenizer folder."""
     if not chat:
         return prompt
-    template = getattr(tokenizer, "chat_template", None)
-    if not isinstance(template, str):
+    check_chat(tokenizer, chat)
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return render_chat(tokenizer.chat_template, [{"role": "user", "content": prompt}], special)
+
+
+def check_chat(tokenizer: Any, chat: bool) -> None:
+    """One ModelError when chat is asked of a tokenizer without a chat template (raised before anything trains)."""
+    if chat and not isinstance(getattr(tokenizer, "chat_template", None), str):
         raise ModelError(
             "generate.chat is true, but the model's tokenizer has no chat template to wrap prompts in.",
             "Set generate.chat: false (prompts as written), or use a model whose tokenizer has a chat template.",
         )
-    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
-    return render_chat(template, [{"role": "user", "content": prompt}], special)
 
 
 def encode_pair(tokenizer: Any, prompt: str, response: str, chat: bool, max_length: int) -> tuple[list[int], list[int]]:
@@ -80,4 +84,7 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     import torch
 
     shifted = labels[:, 1:].reshape(-1)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), shifted, ignore_index=IGNORE)
+    summed = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), shifted, ignore_index=IGNORE, reduction="sum"
+    )
+    return summed / (shifted != IGNORE).sum().clamp(min=1)  # a batch with nothing scored: 0, not NaN
