@@ -6,19 +6,25 @@ hold ``chat`` and ``eos_token_ids`` as the parts', the ``threshold`` and how it 
 
 Every request runs the cheap part to its end first: its mean log-probability is known only then. When it is >= the
 threshold that answer is returned, else the strong part generates from the same prompt ids and its answer is returned.
-Priced end to end: a deferred request's ``seconds`` and time to first token include the cheap attempt, while its token
-counts are the answer's (what a client is billed and what $ per 1M output tokens divides by; counting the discarded
-cheap tokens too would make the deferred requests look cheaper per token). ``CascadeGeneration`` adds which part answered
-and the tokens both passes generated.
+
+Priced end to end. A deferred request's ``seconds`` cover both passes; its token counts are the answer's (what a client
+is billed and what $ per 1M output tokens divides by: counting the discarded cheap tokens too would make deferred
+requests look cheaper per token). Measurement prices decoding by ``seconds - first_token_s`` and prefill by
+``first_token_s`` (frugal/measure_generation.py), so a cascade's ``first_token_s`` is the time its passes spent up to
+their first tokens (prefill) and the rest of both passes counts as decoding: the cheap attempt lands in the output
+price, not hidden in the prompt price or lost in a buffer. The time a *streaming* client waits for its first token is
+longer (the cheap answer is buffered, below): ``CascadeGeneration.stream_first_token_s``, and its mean in
+``extra_metrics``.
 
 Streaming buffers the cheap answer (it may yet be discarded), then yields its tokens, or streams the strong part's: a
-cascade's first token comes after the cheap part's whole answer. Imports only the runtime (no torch): a bundle serves a
-cascade with its parts' runtimes alone.
+cascade's first streamed token comes after the cheap part's whole answer. Imports only the runtime (no torch): a bundle
+serves a cascade with its parts' runtimes alone.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,19 +34,26 @@ from frugal.runtime.generator import Generation, Generator, Message
 from frugal.runtime.manifest import Manifest
 from frugal.runtime.registry import Format, load_generator, register
 
+MAX_TRACKED_PROMPTS = 100_000  # distinct prompts the deferral share counts (a long-running server stops adding, not growing)
+
 
 @dataclass(frozen=True)
 class CascadeGeneration(Generation):
     answered_by: str  # "cheap" or "strong"
     cheap_mean_logprob: float  # the cheap part's confidence, compared with the threshold
-    generated_tokens: int  # both passes' new tokens when deferred (the compute), output_tokens is the answer's (the bill)
+    generated_tokens: int  # both passes' new tokens when deferred (the compute); output_tokens is the answer's (the bill)
+    stream_first_token_s: float  # when a streaming client would see its first token: after the whole cheap answer
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Route:
-    answered_by: str
-    cheap_mean_logprob: float
-    cheap_tokens: int
+    """One request's path through the cascade (stream_ids fills it, generate reads it back)."""
+
+    entered: float  # perf_counter when decoding began (after the prompt was encoded)
+    answered_by: str = CHEAP
+    cheap_mean_logprob: float = 0.0
+    cheap_tokens: int = 0
+    prefill_s: float = 0.0  # the passes' time to their first token, summed
 
 
 def mean_logprob(tokens: Sequence[tuple[int, float]]) -> float:
@@ -65,45 +78,63 @@ class CascadeGenerator(Generator):
         if self.cheap.tokenizer.get_vocab() != self.strong.tokenizer.get_vocab() or self.cheap.eos_ids != self.strong.eos_ids:
             raise ValueError(f"the parts of the cascade {model_dir} have different vocabularies or end-of-sequence ids")
         self.context_length = min(self.context_length, self.cheap.context_length, self.strong.context_length)
-        self.calls = self.deferred = 0  # over every request since loading: measurement's deferral share
         self._lock = threading.Lock()
-        self._last = threading.local()  # the route of this thread's last request (generate reads it back)
+        self._deferred: dict[int, bool] = {}  # prompt (hash of its ids) -> deferred: measurement's share over distinct prompts
+        self._stream_ttft_s, self._generations = 0.0, 0  # stream_first_token_s summed over generate calls, and their number
+        self._last = threading.local()  # this thread's current request (generate reads its route back)
 
     def stream_ids(self, ids: list[int], max_new_tokens: int) -> Iterator[tuple[int, float]]:
         """The cheap part's tokens once it has finished and cleared the threshold, else the strong part's as they come."""
-        cheap = self._until_eos(self.cheap.stream_ids(ids, max_new_tokens))
-        confidence = mean_logprob(cheap)
-        route = _Route(CHEAP if answers(confidence, self.threshold) else STRONG, confidence, len(cheap))
+        route = self._last.route = _Route(entered=time.perf_counter())
+        cheap, route.prefill_s = self._buffer(self.cheap.stream_ids(ids, max_new_tokens))
+        route.cheap_mean_logprob, route.cheap_tokens = mean_logprob(cheap), len(cheap)
+        route.answered_by = CHEAP if answers(route.cheap_mean_logprob, self.threshold) else STRONG
         with self._lock:
-            self.calls += 1
-            self.deferred += route.answered_by == STRONG
-        self._last.route = route
+            if len(self._deferred) < MAX_TRACKED_PROMPTS:
+                self._deferred[hash(tuple(ids))] = route.answered_by == STRONG
         if route.answered_by == CHEAP:
             yield from cheap
-        else:
-            yield from self.strong.stream_ids(ids, max_new_tokens)
+            return
+        started = time.perf_counter()
+        for n, token in enumerate(self.strong.stream_ids(ids, max_new_tokens)):
+            if n == 0:
+                route.prefill_s += time.perf_counter() - started
+            yield token
 
-    def _until_eos(self, tokens: Iterator[tuple[int, float]]) -> list[tuple[int, float]]:
-        """The tokens `stream` would show, end of sequence included: the ones Generation.mean_logprob averages."""
-        out = []
+    def _buffer(self, tokens: Iterator[tuple[int, float]]) -> tuple[list[tuple[int, float]], float]:
+        """The tokens `stream` would show, end of sequence included (the ones Generation.mean_logprob averages), and the time
+        to the first of them."""
+        started, first, out = time.perf_counter(), 0.0, []
         for token in tokens:
+            first = first if out else time.perf_counter() - started
             out.append(token)
             if token[0] in self.eos_ids:
                 break
-        return out
+        return out, first
 
     def generate(self, prompt: str | Sequence[Message], max_new_tokens: int) -> CascadeGeneration:
         """The answer, timed from the request to the last token of whichever part answered (the cheap attempt included)."""
+        start = time.perf_counter()
         answer = super().generate(prompt, max_new_tokens)
         route: _Route = self._last.route
-        extra = route.cheap_tokens if route.answered_by == STRONG else 0
-        return CascadeGeneration(**asdict(answer), answered_by=route.answered_by, cheap_mean_logprob=route.cheap_mean_logprob,
-                                 generated_tokens=answer.output_tokens + extra)  # fmt: skip
+        deferred = route.answered_by == STRONG
+        with self._lock:
+            self._stream_ttft_s += answer.first_token_s
+            self._generations += 1
+        return CascadeGeneration(
+            **asdict(answer) | {"first_token_s": route.entered - start + route.prefill_s},  # prefill of both passes: see the docstring
+            answered_by=route.answered_by, cheap_mean_logprob=route.cheap_mean_logprob,
+            generated_tokens=answer.output_tokens + (route.cheap_tokens if deferred else 0), stream_first_token_s=answer.first_token_s,
+        )  # fmt: skip
 
     def extra_metrics(self) -> dict[str, float]:
-        """What measurement adds to a cascade's metrics: the share of requests the strong part answered, and the calibration's."""
+        """What measurement adds to a cascade's metrics: the share of distinct prompts the strong part answered, the
+        threshold and its val share, and the mean time a streaming client waits for the first token."""
+        with self._lock:
+            shares, streamed, calls = list(self._deferred.values()), self._stream_ttft_s, self._generations
         notes = self.manifest.notes
-        figures = {"deferred_share": self.deferred / self.calls if self.calls else 0.0, "cascade_threshold": self.threshold}
+        figures = {"deferred_share": sum(shares) / len(shares) if shares else 0.0, "cascade_threshold": self.threshold,
+                   "stream_ttft_mean_ms": 1000 * streamed / calls if calls else 0.0}  # fmt: skip
         return figures | ({"deferred_share_val": float(notes["deferred_share_val"])} if "deferred_share_val" in notes else {})
 
 
