@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from frugal.config import EvaluateConfig, FinetuneConfig, LocksConfig, ModelConfig, StepConfig
+from frugal.config import EvaluateConfig, FinetuneConfig, GenerateConfig, LocksConfig, ModelConfig, StepConfig
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
 from tasks.compress import StepSettings, compress_step
@@ -55,7 +55,9 @@ def compress_step_stage(
 
 @flow(name=STAGES["measure"].flow, log_prints=True)
 def measure_stage(
-    model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, tracking_uri: str, result_storage: str, locks: LocksConfig
-) -> Measurement:
+    model_uri: str, data: DataRef, evaluate_cfg: EvaluateConfig, tracking_uri: str, result_storage: str, locks: LocksConfig,
+    generate_cfg: GenerateConfig | None = None,
+) -> Measurement:  # fmt: skip
     measure, paths = _on_worker(measure_model, tracking_uri, result_storage, locks)
-    return measure(model_uri=model_uri, data=data, evaluate_cfg=evaluate_cfg, paths=paths)
+    task = {"generate_cfg": generate_cfg} if generate_cfg is not None else {}  # task generate (tasks/evaluate.py measure_inputs)
+    return measure(model_uri=model_uri, data=data, evaluate_cfg=evaluate_cfg, paths=paths, **task)

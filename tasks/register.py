@@ -4,6 +4,8 @@ The current champion is re-measured in this run (its cost is never a stale tag);
 promotion happen under one lock (`promotion_lock`), so two runs finishing together promote at most once.
 A champion whose files are gone from the artifact store is replaced, never kept, and a new version is
 checked in the store before the alias moves to it (frugal/artifacts.py): the alias never points at nothing.
+Quality and cost are the run's own pair (`RunConfig.quality_metric`, `cost_metric`): macro-F1 and $ per 1M
+predictions for a classifier, generate.metric and $ per 1M output tokens for a generative model.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from frugal.config import RunConfig
 from frugal.errors import ModelError
 from frugal.paths import ProjectPaths
 from ml.quality import quality
-from tasks.evaluate import measure_model
+from tasks.evaluate import measure_inputs, measure_model
 from tasks.package import Bundle
 from tasks.plumbing import store, tracking
 from tasks.plumbing.limits import ensure_limit
 from tasks.plumbing.refs import DataRef, Ref, Scores
 from tasks.plumbing.stage import stage
-from tasks.select import Selection
+from tasks.select import LABELS, Selection
 
 log = logging.getLogger(__name__)
 ALIAS = "champion"
@@ -43,8 +45,8 @@ class Registration(Ref):
 class Incumbent(Ref):
     version: str
     model_uri: str | None  # the variant model it was registered from
-    macro_f1: float
-    usd_per_1m: float
+    macro_f1: float  # its quality: cfg.quality_metric (macro-F1 for a classifier)
+    usd_per_1m: float  # its cost: cfg.cost_metric ($ per 1M predictions for a classifier)
     missing: str | None = None  # why its files are not in the artifact store (frugal/artifacts.py); None: they are
     machine: str | None = None  # the fingerprint of the machine that re-measured it (frugal/hardware.py); None: not measured
 
@@ -64,16 +66,18 @@ def incumbent(name: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths, mea
         log.warning("The current champion v%s has no files in the artifact store (%s); it will be replaced", version.version, gone)
         return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"), missing=gone)
     try:
-        measured = measure(model_uri=f"models:/{name}/{version.version}", data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+        measured = measure(model_uri=f"models:/{name}/{version.version}", data=data, paths=paths, **measure_inputs(cfg))
     except Exception as exc:  # a champion that no longer loads cannot defend its place
         log.warning("The current champion v%s could not be re-measured (%s); it will be replaced", version.version, exc)
         return Incumbent(version=str(version.version), model_uri=was, macro_f1=float("-inf"), usd_per_1m=float("inf"))
-    f1, usd = macro_f1_on_test(measured, data, cfg, paths), measured.metrics["usd_per_1m"]
+    f1, usd = quality_on_test(measured, data, cfg, paths), measured.metrics[cfg.cost_metric]
     return Incumbent(version=str(version.version), model_uri=was, macro_f1=f1, usd_per_1m=usd, machine=measured.fingerprint)
 
 
-def macro_f1_on_test(measured: Any, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> float:
-    """A re-measured model's macro-F1 on this run's test split."""
+def quality_on_test(measured: Any, data: DataRef, cfg: RunConfig, paths: ProjectPaths) -> float:
+    """A re-measured model's quality on this run's test split: macro-F1, or the score a generative measurement made itself."""
+    if cfg.task == "generate":
+        return measured.metrics[cfg.quality_metric]
     truth = list(pd.read_parquet(store.data_dir(data, paths) / "test.parquet")["label"])
     return quality(truth, measured.predicted, cfg.data.labels)["macro_f1"]
 
@@ -82,7 +86,7 @@ def challenger_figures(
     champion: Scores, current: Incumbent | None, model_uri: str, data: DataRef, cfg: RunConfig, paths: ProjectPaths,
     measure: Callable[..., Any],
 ) -> tuple[dict[str, float], str | None]:  # fmt: skip
-    """The challenger's macro-F1 and $/1M, and the fingerprint they were measured on: the incumbent's where they can be.
+    """The challenger's quality and cost, and the fingerprint they were measured on: the incumbent's where they can be.
 
     Its figures from the evaluate step may come from another machine (another worker of the measure pool, a
     run before): then it is measured again with `measure`, as the incumbent was. Where that fails, or lands on
@@ -91,22 +95,33 @@ def challenger_figures(
     if current is None or current.machine in (None, champion.machine) or current.model_uri == model_uri:
         return champion.metrics, champion.machine
     try:
-        measured = measure(model_uri=model_uri, data=data, evaluate_cfg=cfg.evaluate, paths=paths)
+        measured = measure(model_uri=model_uri, data=data, paths=paths, **measure_inputs(cfg))
     except Exception as exc:
         log.warning("The challenger could not be re-measured beside the champion (%s); their costs are not compared", exc)
         return champion.metrics, champion.machine
-    return {"macro_f1": macro_f1_on_test(measured, data, cfg, paths), "usd_per_1m": measured.metrics["usd_per_1m"]}, measured.fingerprint
+    figures = {cfg.quality_metric: quality_on_test(measured, data, cfg, paths), cfg.cost_metric: measured.metrics[cfg.cost_metric]}
+    return figures, measured.fingerprint
 
 
 class Rule(NamedTuple):
-    baseline_f1: float  # this run's baseline macro-F1
+    baseline_f1: float  # this run's baseline quality (macro-F1 for a classifier)
     tolerance: float  # select.tolerance
     min_saving: float  # select.promote_min_saving
+    quality: str = "macro_f1"  # the metric names the challenger's figures go by (RunConfig.quality_metric, cost_metric)
+    cost: str = "usd_per_1m"
 
     @property
     def floor(self) -> float:
         """This run's quality bar."""
         return self.baseline_f1 - self.tolerance
+
+    @property
+    def quality_label(self) -> str:
+        return LABELS.get(self.quality, self.quality)
+
+    @property
+    def per(self) -> str:
+        return "/1M tokens" if self.cost == "usd_per_1m_tokens" else "/1M"
 
 
 def decide(
@@ -115,7 +130,7 @@ def decide(
     """The champion/challenger rule (select.tolerance, select.promote_min_saving), on scores measured in this run.
 
     A challenger more than `tolerance` below the champion's quality never wins on price. A
-    champion below this run's quality bar (baseline macro-F1 - tolerance) is replaced; one that
+    champion below this run's quality bar (baseline quality - tolerance) is replaced; one that
     meets it stays unless the challenger is at least `min_saving` cheaper, both priced on one
     machine: `machine`, the challenger's fingerprint, must be the champion's (else it stays).
     """
@@ -126,15 +141,16 @@ def decide(
     if current.model_uri == model_uri:
         return False, f"kept v{current.version}: it is already this model"
     on = f" on machine {current.machine}" if current.machine else ""
-    seen = f"v{current.version} (macro-F1 {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}/1M, re-measured in this run{on})"
-    if challenger["macro_f1"] < current.macro_f1 - rule.tolerance:
-        return False, f"kept {seen}: the challenger's macro-F1 {challenger['macro_f1']:.4f} is more than {rule.tolerance} below it"
+    quality, cost, label = challenger[rule.quality], challenger[rule.cost], rule.quality_label
+    seen = f"v{current.version} ({label} {current.macro_f1:.4f}, ${current.usd_per_1m:.4f}{rule.per}, re-measured in this run{on})"
+    if quality < current.macro_f1 - rule.tolerance:
+        return False, f"kept {seen}: the challenger's {label} {quality:.4f} is more than {rule.tolerance} below it"
     if current.macro_f1 < rule.floor:
         return True, f"challenger replaces {seen}: below this run's quality bar {rule.floor:.4f}"
     if machine != current.machine:  # two machines' speeds differ by more than the margin: a price from each proves nothing
         return False, f"kept {seen}: the challenger's cost was measured on machine {machine or 'unknown'}, not compared"
-    if challenger["usd_per_1m"] <= current.usd_per_1m * (1 - rule.min_saving):
-        return True, f"challenger at ${challenger['usd_per_1m']:.4f}/1M is >= {rule.min_saving:.0%} cheaper than {seen}"
+    if cost <= current.usd_per_1m * (1 - rule.min_saving):
+        return True, f"challenger at ${cost:.4f}{rule.per} is >= {rule.min_saving:.0%} cheaper than {seen}"
     return False, f"kept {seen}: meets the quality bar {rule.floor:.4f} and the challenger is not {rule.min_saving:.0%} cheaper"
 
 
@@ -152,12 +168,13 @@ def register(
     with promotion_lock(name, paths):
         current = incumbent(name, data, cfg, paths, measure)
         new, machine = challenger_figures(selection.champion, current, bundle.model_uri, data, cfg, paths, measure)
-        rule = Rule(selection.baseline.metrics["macro_f1"], cfg.select.tolerance, cfg.select.promote_min_saving)
+        q, c = cfg.quality_metric, cfg.cost_metric
+        rule = Rule(selection.baseline.metrics[q], cfg.select.tolerance, cfg.select.promote_min_saving, q, c)
         promote, why = decide(current, new, bundle.model_uri, rule, machine)
         machines = {"challenger_machine": machine or "unknown", "incumbent_machine": (current and current.machine) or "none"}
-        scores = {"challenger_macro_f1": new["macro_f1"], "challenger_usd_per_1m": new["usd_per_1m"]}
+        scores = {f"challenger_{q}": new[q], f"challenger_{c}": new[c]}
         if current is not None:
-            scores |= {"incumbent_macro_f1": current.macro_f1, "incumbent_usd_per_1m": current.usd_per_1m}
+            scores |= {f"incumbent_{q}": current.macro_f1, f"incumbent_{c}": current.usd_per_1m}
         tracking.log_metrics(parent_run, {k: v for k, v in scores.items() if abs(v) != float("inf")})
         if not promote:
             tracking.set_tags(parent_run, {"registry": why, "registry_decision": "kept", **machines})
@@ -166,7 +183,7 @@ def register(
         tags = {
             "variant": bundle.variant, "pipeline_run_id": parent_run, "variant_run_id": selection.champion.run_id,
             "model_uri": bundle.model_uri, "data_hash": data.md5, "config_hash": cfg.digest(),
-            "macro_f1": new["macro_f1"], "usd_per_1m": new["usd_per_1m"], "machine_fingerprint": machine or "unknown",
+            q: new[q], c: new[c], "machine_fingerprint": machine or "unknown",
         }  # fmt: skip
         version = register_stored(bundle.uri, name, {k: str(v) for k, v in tags.items()})
         tracking.mlflow_client().set_registered_model_alias(name, ALIAS, version)

@@ -4,7 +4,8 @@ Rows are read from the store each time (never from a run's own comparison.md), s
 same from a laptop's SQLite file and from the team's MLflow server. A pipeline run is a parent run;
 its variants are nested runs tagged `kind=variant` (tasks/evaluate.py); the champion is the parent's
 `champion_variant` tag (tasks/select.py); `machine` is the fingerprint of the machine a variant was
-measured on (its `machine_fingerprint` param): costs compare only within one.
+measured on (its `machine_fingerprint` param): costs compare only within one. Generative runs (task
+generate) show their own metrics (`GENERATE_COLUMNS`) where some row has them; a classifier-only table is unchanged.
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ COLUMNS = (
     Column("latency_ms", "latency_p50_ms", "{:.2f}"), Column("size_mb", "model_size_mb", "{:.1f}"), Column("champion"),
     Column("machine"),
 )  # fmt: skip
-BY_KEY = {c.key: c for c in COLUMNS}
-ALIASES = {"latency": "latency_ms", "latency_p50_ms": "latency_ms", "size": "size_mb", "model_size_mb": "size_mb", "data": "data_hash"}
+GENERATE_COLUMNS = (  # shown after usd_per_1m when some row is a generative variant (generate.metric: one of the first three)
+    Column("rouge_l", "rouge_l", "{:.4f}"), Column("exact_match", "exact_match", "{:.4f}"), Column("field_f1", "field_f1", "{:.4f}"),
+    Column("quality_retained", "quality_retained", "{:.4f}"), Column("usd_per_1m_tokens", "usd_per_1m_tokens", "{:#.4g}"),
+    Column("tokens_per_s", "tokens_per_s", "{:.1f}"), Column("ttft_ms", "ttft_p50_ms", "{:.1f}"),
+)  # fmt: skip
+EVERY = (*COLUMNS[:7], *GENERATE_COLUMNS, *COLUMNS[7:])
+BY_KEY = {c.key: c for c in EVERY}
+ALIASES = {"latency": "latency_ms", "latency_p50_ms": "latency_ms", "size": "size_mb", "model_size_mb": "size_mb", "data": "data_hash",
+           "ttft": "ttft_ms", "ttft_p50_ms": "ttft_ms"}  # fmt: skip
 SHORT = {"run": 8, "data_hash": 12}  # ids shown like short git hashes
 PREFIXED = ("run", "data_hash", "date", "machine")  # `=` matches a prefix: a short id from the table, or a day (date=2025-06-01)
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -85,6 +93,13 @@ class Row:
 
 
 Filter = Callable[[Row], bool]
+
+
+def shown(rows: list[Row]) -> tuple[Column, ...]:
+    """The columns of these rows: a classifier's always; with generative rows, each metric column some row has."""
+    if not any(c.metric in r.metrics for c in GENERATE_COLUMNS for r in rows):
+        return COLUMNS
+    return tuple(c for c in EVERY if c.metric is None or c.key == "size_mb" or any(c.metric in r.metrics for r in rows))
 
 
 def column(name: str, where: str) -> str:
@@ -194,7 +209,7 @@ def _newest_measured(runs: list[Any]) -> dict[tuple[str, str], Any]:
 
 def _row(variant: str, run: Any, parent: Any, experiment: str) -> Row:
     blank = run.info.status in FAILED or run.data.tags.get("status") in ("skipped", "failed")
-    metrics = {} if blank else {c.metric: run.data.metrics[c.metric] for c in COLUMNS if c.metric in run.data.metrics}
+    metrics = {} if blank else {c.metric: run.data.metrics[c.metric] for c in EVERY if c.metric in run.data.metrics}
     tags, started, rid = parent.data.tags, parent.info.start_time or 0, parent.info.run_id
     machine = run.data.params.get("machine_fingerprint", "")
     return Row(variant, rid, started, tags.get("data_hash", ""), tags.get("champion_variant") == variant, experiment, metrics, machine)
@@ -212,9 +227,10 @@ def collect(mlc: MlflowClient, targets: list[str]) -> list[Row]:
 
 def render_text(rows: list[Row]) -> str:
     """Plain aligned columns for the terminal: numbers right-aligned."""
-    table = [[c.key for c in COLUMNS], *([r.cell(c.key) for c in COLUMNS] for r in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(v.rjust(w) if c.metric else v.ljust(w) for v, w, c in zip(line, widths, COLUMNS, strict=True)).rstrip()
+    columns = shown(rows)
+    table = [[c.key for c in columns], *([r.cell(c.key) for c in columns] for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) if c.metric else v.ljust(w) for v, w, c in zip(line, widths, columns, strict=True)).rstrip()
              for line in table]  # fmt: skip
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], summary(rows)])
 
