@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import pandas as pd
 import pytest
 from gen_helpers import save_tiny_causal, write_tokenizer
 
+import frugal
+from frugal.bundle import serving_files
 from frugal.config import CascadeConfig, RunConfig, load_config
 from frugal.errors import ModelError, SkipVariant
 from frugal.paths import ProjectPaths
@@ -95,12 +98,16 @@ def test_a_threshold_between_routes_each_prompt_by_the_cheap_parts_mean_logprob(
     assert routed.extra_metrics()["deferred_share"] == 0.5
 
 
-def test_the_folder_reloads_in_a_fresh_process_and_declares_its_parts(parts: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_folder_reloads_in_a_fresh_process_from_a_bundles_files_alone(parts: tuple[Path, Path], tmp_path: Path) -> None:
     routed = cascade(parts, tmp_path / "c", -1.0)
     here = routed.generate(PROMPTS[0], NEW)
-    code = (f"from frugal.runtime.registry import load_generator; g = load_generator({str(tmp_path / 'c')!r}, threads=1)"
-            f".generate({PROMPTS[0]!r}, {NEW}); import json; print(json.dumps([g.text, g.answered_by]))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    code = tmp_path / "code"  # only the files a bundle carries for this folder: the runtime, this format and its parts'
+    for name in serving_files(tmp_path / "c"):
+        (code / "frugal" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(frugal.__file__).parent / name, code / "frugal" / name)
+    script = (f"from frugal.runtime.registry import load_generator; g = load_generator({str(tmp_path / 'c')!r}, threads=1)"
+              f".generate({PROMPTS[0]!r}, {NEW}); import json; print(json.dumps([g.text, g.answered_by]))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=code)
     assert json.loads(out.stdout.splitlines()[-1]) == [here.text, here.answered_by]
     manifest = Manifest.load(tmp_path / "c")
     assert (manifest.format, manifest.task, manifest.notes["chat"]) == ("causal-cascade", "generate", False)

@@ -19,8 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from frugal.errors import ModelError, SkipVariant
-from frugal.runtime.formats.cascade import CHEAP, STRONG
-from frugal.runtime.formats.gen_cascade import answers
+from frugal.runtime.formats.gen_cascade import CHEAP, STRONG, answers
 from frugal.runtime.generator import Generation
 from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import load_generator

@@ -29,11 +29,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from frugal.runtime.formats.cascade import CHEAP, PARTS, STRONG
 from frugal.runtime.generator import Generation, Generator, Message
 from frugal.runtime.manifest import Manifest
 from frugal.runtime.registry import Format, load_generator, register
 
+# The classify cascade's folder names (frugal/runtime/formats/cascade.py), not imported: a bundle carries only its formats' modules
+CHEAP, STRONG = "cheap", "strong"
+PARTS = (CHEAP, STRONG)
 MAX_TRACKED_PROMPTS = 100_000  # distinct prompts the deferral share counts (a long-running server stops adding, not growing)
 
 
