@@ -7,6 +7,7 @@ as *skipped* with the figures. A `threshold` in the config is used as given.
 
 The cascade is then measured on the test split like every variant (tasks/evaluate.py), its
 measured deferral share reported as `deferred_share` (the cascade format's extra_metrics).
+Task generate runs its own body in the same stage (tasks/cascade_generate.py: routed by the cheap part's mean log-prob).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from frugal.config import CascadeConfig, RunConfig
 from frugal.errors import SkipVariant
 from frugal.paths import ProjectPaths
 from ml.cascade import at_threshold, calibrate, macro_f1, val_proba, write_cascade
+from tasks.cascade_generate import GenerateCascadeSettings, generative_cascade
 from tasks.plumbing import store, tracking
 from tasks.plumbing.locks import serialised
 from tasks.plumbing.refs import DataRef, ModelRef, Ref, Variant
@@ -40,11 +42,14 @@ class CascadeSettings(Ref):
     threads: int
     batch_size: int
     device: str
+    generate: GenerateCascadeSettings | None = None  # task generate: how its val prompts are answered and scored
 
     @classmethod
     def of(cls, cfg: RunConfig) -> CascadeSettings:
         e = cfg.evaluate
-        return cls(labels=cfg.data.labels, tolerance=cfg.select.tolerance, threads=e.threads, batch_size=e.batch_size, device=e.device)
+        generate = GenerateCascadeSettings.of(cfg) if cfg.task == "generate" else None
+        return cls(labels=cfg.data.labels, tolerance=cfg.select.tolerance, threads=e.threads, batch_size=e.batch_size, device=e.device,
+                   generate=generate)  # fmt: skip
 
 
 @stage(name="cascade", cached=True)
@@ -53,6 +58,8 @@ def cascade_model(
     paths: ProjectPaths, parent_run: str,
 ) -> ModelRef:  # fmt: skip
     """Calibrate the threshold on val, write the cascade folder and log it on a `cascade` step run."""
+    if settings.generate is not None:
+        return generative_cascade(cheap, strong, baseline, spec, data, settings.generate, paths, parent_run)
     started = time.perf_counter()
     val = pd.read_parquet(store.data_dir(data, paths) / "val.parquet")
     texts, truth = list(val["text"]), np.array([settings.labels.index(label) for label in val["label"]])
