@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from frugal.config import FinetuneConfig, ModelConfig, TrainConfig
+from frugal.config import FinetuneConfig, GenerateConfig, ModelConfig, TrainConfig
 from frugal.paths import ProjectPaths
 from frugal.pricing import train_usd
 from frugal.runtime import Tokenize
@@ -31,6 +31,7 @@ from ml.modeling import load_pretrained_with_notes, load_tokenizer, save_tokeniz
 from ml.noise import treated, weighted_cross_entropy
 from ml.training import TrainResult, check_precision, ensure_pad_token_id, train
 from tasks.federated import finetune_federated
+from tasks.finetune_generate import finetune_generate
 from tasks.label_noise import NoiseRef, flagged_texts
 from tasks.plumbing import store, tracking
 from tasks.plumbing.refs import DataRef, ModelRef
@@ -48,12 +49,15 @@ def training_record(result: TrainResult, cfg: TrainConfig, total: int) -> tuple[
 @stage(name="finetune", cached=True)
 def finetune(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, paths: ProjectPaths, parent_run: str,
-    noise: NoiseRef | None = None,
+    noise: NoiseRef | None = None, generate_cfg: GenerateConfig | None = None,
 ) -> ModelRef:  # fmt: skip
     """Fine-tune every weight, keep the checkpoint with the best val macro-F1, log it on a `finetune` step run.
 
     `noise` (the label_noise stage's run) drops or down-weights the rows it flagged; None trains on every row alike.
+    `generate_cfg` (task generate): a causal LM on the prompt/response pairs instead (tasks/finetune_generate.py).
     """
+    if generate_cfg is not None:
+        return finetune_generate(data, model, train_cfg, generate_cfg, seed, paths, parent_run)
     if train_cfg.federated.enabled:  # LoRA across Flower clients, FedAvg-merged: tasks/federated.py
         return finetune_federated(data, model, train_cfg, labels, seed, paths, parent_run)
     adapter = train_cfg.adapter if train_cfg.adapter.enabled else None

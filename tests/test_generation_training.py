@@ -145,3 +145,33 @@ def test_gguf_of_an_unsupported_architecture_is_one_error(tmp_path: Path) -> Non
     cfg = smoke("model.source=path", f"model.name_or_path={path}")
     with pytest.raises(ModelError, match="'rwkv7'"):
         load_causal_lm(cfg.model, 0, chat=False)
+
+
+def test_the_finetune_stage_logs_a_causal_hf_baseline(data, store, parent_run: str, tmp_path: Path) -> None:
+    from ml.generation.data import write_pairs
+    from tasks.finetune import finetune
+    from tasks.plumbing import store as model_store
+    from tasks.plumbing import tracking
+    from tasks.plumbing.refs import DataRef
+
+    rows = write_pairs({"train": data[0], "val": data[1], "test": data[1]}, tmp_path / "splits")
+    tracking.log_dir(parent_run, tmp_path / "splits", "data/splits")
+    ref = DataRef(md5=f"gen-{parent_run}", uri=f"runs:/{parent_run}/data/splits", rows=rows)
+    cfg = smoke("finetune.epochs=1", "finetune.max_rows=48")
+    built = finetune.fn(ref, cfg.model, cfg.finetune, [], cfg.seed, store, parent_run, generate_cfg=cfg.generate)
+    run = tracking.mlflow_client().get_run(built.run_id)
+    assert run.data.params["train_rows"] == "48" and run.data.params["adapter"] == "none"
+    assert {"best_val_loss", "train_seconds", "train_usd"} <= set(run.data.metrics)
+    generator = load_generator(model_store.model_dir(built, store), threads=1)
+    assert generator.manifest.task == "generate" and generator.chat and generator.generate("copy: a b", 4).output_tokens >= 1
+
+    # chat asked of a tokenizer without a chat template: one error, before any run is opened or anything written
+    model, tokenizer = load_causal_lm(cfg.model, 0, chat=False)
+    tokenizer.chat_template = None
+    model.save_pretrained(tmp_path / "plain")
+    tokenizer.save_pretrained(tmp_path / "plain")
+    plain = smoke("model.source=path", f"model.name_or_path={tmp_path / 'plain'}").model
+    before = len(tracking.mlflow_client().search_runs([run.info.experiment_id]))
+    with pytest.raises(ModelError, match="no chat template"):
+        finetune.fn(ref, plain, cfg.finetune, [], cfg.seed, store, parent_run, generate_cfg=cfg.generate)
+    assert len(tracking.mlflow_client().search_runs([run.info.experiment_id])) == before

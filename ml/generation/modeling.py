@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from frugal.config import ModelConfig
 from frugal.errors import ModelError
+from frugal.runtime.formats.causal import save_causal
 from frugal.runtime.manifest import Manifest
 from ml import embedded
 from ml.generation.batches import check_chat, eos_token_id, render_prompt
@@ -193,8 +194,6 @@ def causal_manifest(model: torch.nn.Module, tokenizer: Any, max_length: int, cha
 
 def save_causal_model(model: torch.nn.Module, tokenizer: Any, dst: Path, manifest: Manifest) -> None:
     """A `causal-hf` folder: save_pretrained files and frugal.json (frugal/runtime/formats/causal.py) plus tokenizer/."""
-    from frugal.runtime.formats.causal import save_causal
-
     # Greedy decoding everywhere: sampling settings inherited from the pretrained model would only warn.
     model.generation_config.eos_token_id = manifest.notes["eos_token_ids"]
     if model.generation_config.pad_token_id is None:

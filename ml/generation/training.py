@@ -71,19 +71,12 @@ def train_causal(
     import torch
     from tqdm.auto import tqdm
 
-    check_precision(cfg)
-    torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    model.to(device).train()
-    if cfg.freeze_embeddings:  # ml/training.py freezes encoders' `word_embeddings`; a causal LM's are its input embeddings
-        model.get_input_embeddings().requires_grad_(False)
     pad_id = pad_token_id(tokenizer)
     lengths = np.array([len(ids) for ids, _ in train_pairs])
     steps_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
-    optimizer, scheduler = _optimizer(model, cfg, total_steps)
-    scaler = torch.amp.GradScaler(device, enabled=cfg.precision == "fp16")
+    device, (optimizer, scheduler, scaler) = _prepare(model, cfg, total_steps)
     state = TrainState(best_f1=-math.inf, step=0, history=[], best=None)
     if checkpoint_dir is not None:
         state = checkpoints.resume(checkpoint_dir, resume_key, model, optimizer, scheduler, scaler) or state
@@ -114,6 +107,20 @@ def train_causal(
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     seconds = time.perf_counter() - started
     return CausalTrainResult(-state.best_f1, total_steps, seconds, device, cfg.precision, trainable, state.history, resumed_from)
+
+
+def _prepare(model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> tuple[str, tuple[Any, Any, Any]]:
+    """The device (model moved there, in train mode) and the optimizer, schedule and fp16 gradient scaler of ml/training.py."""
+    import torch
+
+    check_precision(cfg)
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    if cfg.freeze_embeddings:  # ml/training.py freezes encoders' `word_embeddings`; a causal LM's are its input embeddings
+        model.get_input_embeddings().requires_grad_(False)
+    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    return device, (optimizer, scheduler, torch.amp.GradScaler(device, enabled=cfg.precision == "fp16"))
 
 
 def _response_loss(logits: torch.Tensor, labels: torch.Tensor, _idx: np.ndarray) -> torch.Tensor:
