@@ -51,9 +51,9 @@ def save(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scale
     tmp = ckpt / f".writing-{state.step:09d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file(_unshared(model.state_dict()), str(tmp / "model.safetensors"))
     if state.best is not None:
-        save_file({k: v.contiguous() for k, v in state.best.items()}, str(tmp / "best.safetensors"))
+        save_file(_unshared(state.best), str(tmp / "best.safetensors"))
     # The scaler's current loss scale resumes with the run (an empty dict when disabled).
     states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     torch.save(states, tmp / "optimizer.pt")
@@ -66,6 +66,18 @@ def save(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scale
     for old in ckpt.glob("step-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _unshared(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Contiguous tensors, a copy of any that shares memory with an earlier one: safetensors refuses shared tensors, and a
+    causal LM's tied embedding and LM head are one (loading writes the same values into both names)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone().contiguous() if pointer in seen else tensor.contiguous()
+        seen.add(pointer)
+    return out
 
 
 def resume(ckpt: Path, key: str, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> TrainState | None:
