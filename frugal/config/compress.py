@@ -25,9 +25,10 @@ class CascadeConfig(Strict):
     cascade: tuple[str, str] = Field(description="[cheap, strong]: two other variants of this config, or 'baseline' (fine-tuned).")
     # Optional, unlike the config's other keys: a variant value is written by hand, and omitting it means "calibrate".
     threshold: float | None = Field(
-        default=None, ge=0, le=1,
-        description="The cheap part's top probability at or above which it answers; null = calibrated on the val split: the lowest "
-        "(least deferral) whose val macro-F1 is >= the baseline's val macro-F1 - select.tolerance.",
+        default=None, le=1,
+        description="task classify: the cheap part's top probability (0-1) at or above which it answers; task generate: its mean "
+        "token log-probability (<= 0); null = calibrated on the val split: the lowest (least deferral) whose val score is >= the "
+        "baseline's val score - select.tolerance.",
     )  # fmt: skip
 
     @property
