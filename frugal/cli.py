@@ -70,7 +70,10 @@ def _report_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--out", metavar="DIR", help="folder for compare.md and compare.html (default: <project>/.frugal/reports)")
     feedback = sub.add_parser("feedback", help="stored API feedback as labelled data (data.feedback reads a database or an export)")
     export = feedback.add_subparsers(dest="feedback_command", required=True).add_parser("export", help="write every feedback row to a file")
-    export.add_argument("--out", required=True, metavar="FILE", help="a .csv or .parquet file: columns text, label, created_at")
+    export.add_argument("--out", required=True, metavar="FILE", help="a .csv or .parquet file: columns text, label, created_at "
+                        "(--task generate: prompt, response, created_at)")  # fmt: skip
+    export.add_argument("--task", choices=["classify", "generate"], default="classify",
+                        help="classify: corrected labels (default); generate: corrected responses of a generative model")  # fmt: skip
     _serve_args(export)  # the database `frugal serve` writes feedback to
 
 

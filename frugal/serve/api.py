@@ -13,7 +13,16 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from frugal.accounts.store import KeyInfo
-from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, ModelInfo, PredictRequest, PredictResponse, Problem
+from frugal.serve.generation import Generating
+from frugal.serve.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    Problem,
+    ResponseFeedbackRequest,
+)
 from frugal.serve.service import Service
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -37,7 +46,7 @@ async def api_key(
     return await run_in_threadpool(service(request).authenticate, plaintext)
 
 
-def _documented(model: type[BaseModel]) -> dict[str, Any]:
+def documented(model: type[BaseModel]) -> dict[str, Any]:
     """The body schema for /docs: the routes parse the body themselves, after the key check, so FastAPI cannot infer it."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
@@ -55,7 +64,7 @@ async def parse(request: Request, model: type[Model]) -> Model:
 Key = Annotated[KeyInfo, Depends(api_key)]
 
 
-@router.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_documented(PredictRequest))
+@router.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=documented(PredictRequest))
 async def predict(request: Request, key: Key) -> PredictResponse:
     """Classify texts: a label, every label's probability and a truncation flag per text."""
     body = await parse(request, PredictRequest)
@@ -68,11 +77,16 @@ async def predict(request: Request, key: Key) -> PredictResponse:
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, responses=_ERRORS,
-             openapi_extra=_documented(FeedbackRequest))  # fmt: skip
+             openapi_extra=documented(FeedbackRequest))  # fmt: skip
 async def feedback(request: Request, key: Key) -> FeedbackResponse:
-    """The correct label for a text served earlier (request_id + index) or for any text; it feeds the next retraining."""
+    """The correct label for a text served earlier (request_id + index) or for any text; it feeds the next retraining.
+    A generative model's: the corrected `response` for a completion served earlier (request_id) or for a `prompt`."""
+    serving = service(request)
+    if isinstance(serving.holder.current, Generating):
+        answer = await parse(request, ResponseFeedbackRequest)
+        return await run_in_threadpool(serving.response_feedback, key, answer)
     body = await parse(request, FeedbackRequest)
-    return await run_in_threadpool(service(request).feedback, key, body)
+    return await run_in_threadpool(serving.feedback, key, body)
 
 
 @router.get("/v1/model", response_model=ModelInfo, responses=_ERRORS)

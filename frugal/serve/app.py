@@ -19,12 +19,13 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from frugal import __version__
-from frugal.accounts.admission import Admission
-from frugal.accounts.store import Accounts, KeyInfo, url_for
+from frugal.accounts.admission import Admission, Request
+from frugal.accounts.store import Accounts, url_for
 from frugal.config.serve import ServeSettings
-from frugal.serve import api
+from frugal.serve import api, openai
 from frugal.serve.batcher import Batcher
 from frugal.serve.errors import ApiError, api_error_response
+from frugal.serve.generation import Generating
 from frugal.serve.limits import BodyLimit
 from frugal.serve.meter import Meter
 from frugal.serve.metrics import Metrics, Observe
@@ -35,7 +36,8 @@ from frugal.serve.source import source_for
 log = logging.getLogger(__name__)
 WORKER_ENV = "FRUGAL_SERVE_WORKER"
 ADMISSIONS_PER_WRITE = 256  # a bound on one admission transaction (its time is the wait of every request in it)
-DESCRIPTION = """Classify texts with the registered champion. Every /v1 call needs an API key
+DESCRIPTION = """Classify texts with the registered champion, or, for a generative champion, answer OpenAI-compatible
+chat and text completions. Every /v1 call needs an API key
 (`Authorization: Bearer <key>` or `X-API-Key`), is rate-limited and metered by the key's plan."""
 
 
@@ -49,7 +51,7 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
     holder.on_swap = _count_swap(metrics)
     batcher: Batcher[str, Classified] = Batcher(settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
     # Admissions are batched too: one transaction for every request that arrived while the last one was written.
-    admissions: Batcher[tuple[KeyInfo, int], Admission] = Batcher(ADMISSIONS_PER_WRITE, 0)
+    admissions: Batcher[Request, Admission] = Batcher(ADMISSIONS_PER_WRITE, 0)
     service = Service(settings, holder, store, metrics, batcher, admissions, Meter(store, settings.meter_flush_ms))
 
     @asynccontextmanager
@@ -65,6 +67,7 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
             unhook()
             batcher.stop()
             admissions.stop()
+            service.generations.stop()
             service.meter.stop()
             holder.stop()
             store.close()
@@ -72,8 +75,10 @@ def create_app(settings: ServeSettings, project_root: Path) -> FastAPI:
     app = FastAPI(title="frugal", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     app.include_router(api.router)
+    app.include_router(openai.router)  # a generative model's OpenAI-compatible endpoints
     app.add_exception_handler(ApiError, api_error_response)
-    endpoints = frozenset(route.path for route in [*app.routes, *api.router.routes] if hasattr(route, "path"))  # /docs too
+    routes = [*app.routes, *api.router.routes, *openai.router.routes]
+    endpoints = frozenset(route.path for route in routes if hasattr(route, "path"))  # /docs too
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics, endpoints=endpoints)  # added last: outermost
     return app
@@ -91,8 +96,8 @@ def worker_env(settings: ServeSettings, project_root: Path) -> dict[str, str]:
     return {WORKER_ENV: json.dumps({"settings": settings.model_dump(mode="json"), "project_root": str(project_root)})}
 
 
-def _count_swap(metrics: Metrics) -> Callable[[Loaded], None]:
-    def swapped(_loaded: Loaded) -> None:
+def _count_swap(metrics: Metrics) -> Callable[[Loaded | Generating], None]:
+    def swapped(_loaded: Loaded | Generating) -> None:
         metrics.reloads.inc()
         metrics.ready.set(1)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from frugal.serve.errors import error_body
+
 
 class BodyTooLarge(Exception):
     pass
@@ -30,9 +32,9 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    def _too_large(self) -> dict[str, str]:
-        return {"error": f"The request body is larger than {self.max_bytes} bytes.",
-                "fix": "Send fewer or shorter texts per request (the server's max_body_bytes)."}  # fmt: skip
+    def _too_large(self, path: str) -> dict[str, Any]:
+        return error_body(path, 413, f"The request body is larger than {self.max_bytes} bytes.",
+                          "Send fewer or shorter texts per request (the server's max_body_bytes).")  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,7 +46,7 @@ class BodyLimit:
                 await send_json(send, 400, {"error": "The Content-Length header is not a number.", "fix": "Send a valid Content-Length."})
                 return
             if int(declared) > self.max_bytes:
-                await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+                await send_json(send, 413, self._too_large(scope["path"]), [(b"connection", b"close")])
                 return
         received, started = 0, False
 
@@ -67,4 +69,4 @@ class BodyLimit:
         except BodyTooLarge:
             if started:  # cannot happen with this app (it answers after reading), but never send two responses
                 raise
-            await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+            await send_json(send, 413, self._too_large(scope["path"]), [(b"connection", b"close")])

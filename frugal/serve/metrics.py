@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frugal.serve.batcher import BatchStats
+from frugal.serve.errors import error_body
 from frugal.serve.limits import send_json
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class Observe:
             self.metrics.errors.labels(endpoint).inc()
             status = 500
             if not started:
-                problem = {"error": f"Internal error (request {request_id}).", "fix": "Retry; if it persists, report the request id."}
+                problem = error_body(
+                    scope["path"], 500, f"Internal error (request {request_id}).", "Retry; if it persists, report the request id."
+                )
                 await send_json(send, 500, problem, [(b"x-request-id", request_id.encode())])
         finally:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - begun)

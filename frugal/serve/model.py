@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from frugal.runtime import Predictor, load_predictor
+from frugal.runtime.manifest import Manifest
+from frugal.runtime.registry import load_generator
+from frugal.serve.generation import Generating
 from frugal.serve.source import Release, Source
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,10 @@ class Loaded:
         return self.release.version
 
     @property
+    def manifest(self) -> Manifest:
+        return self.predictor.manifest
+
+    @property
     def labels(self) -> list[str]:
         return list(self.predictor.labels)
 
@@ -61,9 +68,9 @@ class Loaded:
 class ModelHolder:
     def __init__(self, source: Source, threads: int, batch_size: int, reload_seconds: float) -> None:
         self.source, self.threads, self.batch_size, self.reload_seconds = source, threads, batch_size, reload_seconds
-        self.current: Loaded | None = None
+        self.current: Loaded | Generating | None = None
         self.last_error: str | None = None
-        self.on_swap: Callable[[Loaded], None] | None = None
+        self.on_swap: Callable[[Loaded | Generating], None] | None = None
         self._check_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -76,7 +83,7 @@ class ModelHolder:
             if self.current is not None and self.current.version == version:
                 return False
             release = self.source.fetch(version)
-            loaded = Loaded(release, load_predictor(release.model_dir, threads=self.threads), self.batch_size)
+            loaded = self._load(release)
             old, self.current = self.current, loaded  # the swap: one reference assignment
             self.last_error = None
         log.info("Serving %s (version %s%s)%s", release.uri, version, f", {release.variant}" if release.variant else "",
@@ -84,6 +91,12 @@ class ModelHolder:
         if self.on_swap:
             self.on_swap(loaded)
         return True
+
+    def _load(self, release: Release) -> Loaded | Generating:
+        """A classifier behind /v1/predict, or a generative model (manifest task "generate") behind /v1/chat/completions."""
+        if Manifest.load(release.model_dir).task == "generate":
+            return Generating(release, load_generator(release.model_dir, threads=self.threads))
+        return Loaded(release, load_predictor(release.model_dir, threads=self.threads), self.batch_size)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._poll, name="frugal-model-reload", daemon=True)

@@ -40,12 +40,29 @@ class FeedbackRequest(Body):
         return self
 
 
+class ResponseFeedbackRequest(Body):
+    """Feedback on a generative model: the response it should have given."""
+
+    response: str = Field(min_length=1, description="The corrected response.")
+    request_id: str | None = Field(None, description="A completion id (or X-Request-ID) this key got back ...")
+    prompt: str | None = Field(None, description="... or the prompt itself.")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> ResponseFeedbackRequest:
+        if (self.request_id is None) == (self.prompt is None):
+            raise ValueError("give either request_id or prompt, not both and not neither")
+        return self
+
+
 class FeedbackResponse(BaseModel):
     feedback_id: int
 
 
 class Figures(BaseModel):
-    """What evaluation measured for the served variant (null when the source is a folder)."""
+    """What evaluation measured for the served variant (null when the source is a folder); a generative model's also
+    `usd_per_1m_tokens` (its measured cost per 1M output tokens)."""
+
+    model_config = ConfigDict(extra="allow")
 
     macro_f1: float | None
     f1_retained: float | None

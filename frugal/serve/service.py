@@ -7,17 +7,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from frugal.accounts.admission import Admission
+from frugal.accounts.admission import Admission, Request
 from frugal.accounts.store import Accounts, AccountsError, KeyInfo, Served, secret_digest
 from frugal.config.serve import ServeSettings
 from frugal.serve.batcher import Batcher
 from frugal.serve.errors import ApiError
+from frugal.serve.generation import Generating, Generations
 from frugal.serve.meter import Meter
 from frugal.serve.metrics import Metrics
 from frugal.serve.model import Classified, Loaded, ModelHolder
-from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, Figures, ModelInfo, Prediction, PredictResponse
+from frugal.serve.schemas import FeedbackRequest, FeedbackResponse, Figures, ModelInfo, Prediction, PredictResponse, ResponseFeedbackRequest
 
 KNOWN_KEY_SECONDS, MAX_KNOWN_KEYS = 10.0, 10_000
+CLASSIFIER_FIGURES = frozenset(Figures.model_fields)  # a generative model's figures add usd_per_1m_tokens
 
 
 @dataclass
@@ -27,8 +29,9 @@ class Service:
     store: Accounts
     metrics: Metrics
     batcher: Batcher[str, Classified]
-    admissions: Batcher[tuple[KeyInfo, int], Admission]
+    admissions: Batcher[Request, Admission]
     meter: Meter
+    generations: Generations = field(default_factory=Generations)  # the one thread every generation runs in
     # Known keys for a few seconds: a key check costs no database read on the hot path. Safe because admission reads
     # the key's row again in its own write (a key revoked meanwhile gets 401 there); unknown keys are never cached.
     _known: dict[str, tuple[float, KeyInfo]] = field(default_factory=dict)
@@ -50,7 +53,7 @@ class Service:
         self._known[digest] = (time.monotonic() + KNOWN_KEY_SECONDS, key)
         return key
 
-    def model(self) -> Loaded:
+    def model(self) -> Loaded | Generating:
         """The model to answer with; a request keeps this one even if a reload swaps another in meanwhile."""
         loaded = self.holder.current
         if loaded is None:
@@ -58,9 +61,16 @@ class Service:
                            {"Retry-After": "5"})  # fmt: skip
         return loaded
 
-    def admission(self, key: KeyInfo, n_texts: int) -> Future[list[Admission]]:
+    def admission(self, key: KeyInfo, n_texts: int, n_tokens: int = 0) -> Future[list[Admission]]:
         """Queue a request for admission: the requests that arrive together are admitted in one transaction."""
-        return self.admissions.submit(self.store.admit_many, [(key, n_texts)])
+        return self.admissions.submit(self.store.admit_many, [(key, n_texts, n_tokens)])
+
+    def generating(self) -> Generating:
+        """The generative model to answer a completion with (404 when the server serves a classifier)."""
+        loaded = self.model()
+        if not isinstance(loaded, Generating):
+            raise ApiError(404, "This server serves a classifier, not a generative model.", "POST the texts to /v1/predict.")
+        return loaded
 
     def admit(self, key: KeyInfo, n_texts: int) -> None:
         """Every /v1 request counts toward the key's rate; predicted texts also toward its monthly quota."""
@@ -79,7 +89,11 @@ class Service:
         if len(texts) > self.settings.max_texts:
             raise ApiError(422, f"{len(texts)} texts in one request; the limit is {self.settings.max_texts}.",
                            f"Split the texts into requests of at most {self.settings.max_texts}.")  # fmt: skip
-        return self.model()
+        loaded = self.model()
+        if not isinstance(loaded, Loaded):
+            raise ApiError(404, "This server serves a generative model, not a classifier.",
+                           "POST to /v1/chat/completions or /v1/completions (OpenAI-compatible; docs/serving.md).")  # fmt: skip
+        return loaded
 
     def answer(self, key: KeyInfo, texts: list[str], loaded: Loaded, classified: list[Classified], request_id: str) -> PredictResponse:
         """The response, with its bill queued for the metering writer (no database write here)."""
@@ -102,22 +116,36 @@ class Service:
             raise ApiError(404, exc.problem, exc.fix) from None
         return FeedbackResponse(feedback_id=feedback_id)
 
-    def _add_feedback(self, key: KeyInfo, body: FeedbackRequest) -> int:
+    def response_feedback(self, key: KeyInfo, body: ResponseFeedbackRequest) -> FeedbackResponse:
+        """A generative model's feedback: the corrected response to a prompt (given, or served under a request id)."""
+        self.admit(key, 0)
+        request_id = body.request_id.split("-", 1)[-1] if body.request_id else None  # chatcmpl-<id> / cmpl-<id>, or the id
+        if request_id is not None:
+            self.meter.flush()
         try:
-            return self.store.add_feedback(key, body.label, text=body.text, request_id=body.request_id, index=body.index)
+            return FeedbackResponse(feedback_id=self._stored(key, body.response, body.prompt, request_id, 0, "generate"))
+        except AccountsError as exc:
+            raise ApiError(404, exc.problem, exc.fix) from None
+
+    def _add_feedback(self, key: KeyInfo, body: FeedbackRequest) -> int:
+        return self._stored(key, body.label, body.text, body.request_id, body.index, "classify")
+
+    def _stored(self, key: KeyInfo, label: str, text: str | None, request_id: str | None, index: int, task: str) -> int:
+        try:
+            return self.store.add_feedback(key, label, text=text, request_id=request_id, index=index, task=task)
         except AccountsError:
-            if body.request_id is None:
+            if request_id is None:
                 raise
         # Another worker process may have answered it, its writer one flush away: look once more after that.
         time.sleep(self.meter.flush_s)
-        return self.store.add_feedback(key, body.label, text=body.text, request_id=body.request_id, index=body.index)
+        return self.store.add_feedback(key, label, text=text, request_id=request_id, index=index, task=task)
 
     def info(self, key: KeyInfo) -> ModelInfo:
         loaded = self.model()
         self.admit(key, 0)
-        release, manifest = loaded.release, loaded.predictor.manifest
+        release, manifest = loaded.release, loaded.manifest
         return ModelInfo(
             version=release.version, variant=release.variant, source=release.uri, configured=self.settings.model,
             loaded_at=loaded.loaded_at, format=manifest.format, labels=loaded.labels, max_length=manifest.max_length,
-            metrics=Figures(**release.figures),
+            metrics=Figures(**{k: v for k, v in release.figures.items() if k in CLASSIFIER_FIGURES or isinstance(loaded, Generating)}),
         )  # fmt: skip

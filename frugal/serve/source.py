@@ -22,7 +22,7 @@ from frugal.fetch import fetch_once, in_place
 from frugal.paths import tracking_uri
 from frugal.runtime.manifest import MANIFEST
 
-FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s")
+FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s", "usd_per_1m_tokens")  # the last: generative
 
 
 @dataclass(frozen=True)
