@@ -107,6 +107,18 @@ def test_text_completions_whole_and_streamed(server: Server, accounts: Accounts)
     assert chunks[-1]["choices"][0]["finish_reason"] == answer["choices"][0]["finish_reason"]
 
 
+def test_a_client_that_leaves_mid_stream_is_billed_for_what_it_got(server: Server, accounts: Accounts) -> None:
+    key, key_id = key_on(accounts, "gen")
+    body = {"messages": CHAT, "max_tokens": MAX_TOKENS, "stream": True}
+    with server.http.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as answer:
+        next(answer.iter_lines())  # the first chunk, then hang up
+    assert post(server, "/v1/completions", key, {"prompt": "Oil", "max_tokens": 2}).status_code == 200  # the server carries on
+    time.sleep(0.6)
+    [row] = [r for r in accounts.usage() if r.key_id == key_id]
+    assert row.requests == 2 and row.completion_tokens < MAX_TOKENS + 2
+    assert _quota_counter(accounts, key_id) == row.prompt_tokens + row.completion_tokens  # the unused max_tokens given back
+
+
 def test_tokens_are_metered_billed_and_feedback_exports(server: Server, accounts: Accounts, tmp_path: Path) -> None:
     key, key_id = key_on(accounts, "gen")
     answers = [post(server, "/v1/chat/completions", key, {"messages": CHAT, "max_tokens": n}).json() for n in (3, 5)]
