@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,14 +79,29 @@ def gguf_architecture(gguf: Path) -> str:
 def load_gguf(gguf: Path) -> tuple[Any, torch.nn.Module]:
     """Tokenizer and fp32 model of a GGUF file; one ModelError when transformers cannot read its architecture."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = gguf_tokenizer(gguf)
+    with _unsupported_gguf(gguf):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return tokenizer, model
+
+
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The tokenizer a GGUF file carries (read without dequantising the weights)."""
+    from transformers import AutoTokenizer
 
     if not gguf.is_file():
         raise ModelError(f"The GGUF file {gguf} does not exist.", "Point model.name_or_path at a .gguf file.")
-    where, name = str(gguf.parent), gguf.name
+    with _unsupported_gguf(gguf):
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@contextmanager
+def _unsupported_gguf(gguf: Path) -> Iterator[None]:
+    """transformers' refusal of an architecture it has no GGUF mapping for, as one ModelError naming it."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+        yield
     except (ValueError, KeyError, NotImplementedError) as exc:
         arch = gguf_architecture(gguf)
         raise ModelError(
@@ -93,7 +109,6 @@ def load_gguf(gguf: Path) -> tuple[Any, torch.nn.Module]:
             "Use a GGUF of an architecture transformers supports (llama, qwen2, qwen3, mistral, gemma3, phi3, ...), or the "
             "model as a save_pretrained folder (model.source: path).",
         ) from None
-    return tokenizer, model
 
 
 def _is_gguf(cfg: ModelConfig) -> bool:
@@ -128,7 +143,7 @@ def tokenizer_for(cfg: ModelConfig) -> Any:
     if cfg.source == "tiny":
         return tiny_tokenizer()
     if _is_gguf(cfg):
-        return load_gguf(Path(cfg.name_or_path or ""))[0]
+        return gguf_tokenizer(Path(cfg.name_or_path or ""))
     where, kwargs = _where(cfg)
     try:
         return AutoTokenizer.from_pretrained(where, **kwargs)
