@@ -34,7 +34,7 @@ def smoke(*overrides: str):
 
 @pytest.fixture(scope="module")
 def data() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return copy_task(96, 0), copy_task(24, 1)
+    return copy_task(64, 0), copy_task(16, 1)
 
 
 def fit(cfg, data, ckpt: Path | None = None, key: str = "k"):
@@ -98,23 +98,23 @@ class Crash(Exception):
 def test_resume_from_checkpoint_equals_uninterrupted(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ml.generation import training
 
-    cfg = smoke("finetune.epochs=1", "finetune.checkpoint_every_steps=5")  # 12 steps of 8 rows
+    cfg = smoke("finetune.epochs=1", "finetune.checkpoint_every_steps=3")  # 8 steps of 8 rows
     whole, _, _, result = fit(cfg, data)
     calls: list[int] = []
     real = training._response_loss
 
-    def crash_at_8(*args: object) -> torch.Tensor:
+    def crash_at_5(*args: object) -> torch.Tensor:
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == 5:
             raise Crash
         return real(*args)
 
-    monkeypatch.setattr(training, "_response_loss", crash_at_8)
+    monkeypatch.setattr(training, "_response_loss", crash_at_5)
     with pytest.raises(Crash):
         fit(cfg, data, tmp_path / "ckpt")
     monkeypatch.undo()
     resumed, _, _, again = fit(cfg, data, tmp_path / "ckpt")
-    assert again.resumed_from_step == 5 and again.best_val_loss == pytest.approx(result.best_val_loss, abs=1e-6)
+    assert again.resumed_from_step == 3 and again.best_val_loss == pytest.approx(result.best_val_loss, abs=1e-6)
     for key, value in whole.state_dict().items():
         assert torch.allclose(value, resumed.state_dict()[key], atol=1e-6), key
 
@@ -157,10 +157,10 @@ def test_the_finetune_stage_logs_a_causal_hf_baseline(data, store, parent_run: s
     rows = write_pairs({"train": data[0], "val": data[1], "test": data[1]}, tmp_path / "splits")
     tracking.log_dir(parent_run, tmp_path / "splits", "data/splits")
     ref = DataRef(md5=f"gen-{parent_run}", uri=f"runs:/{parent_run}/data/splits", rows=rows)
-    cfg = smoke("finetune.epochs=1", "finetune.max_rows=48")
+    cfg = smoke("finetune.epochs=1", "finetune.max_rows=32")
     built = finetune.fn(ref, cfg.model, cfg.finetune, [], cfg.seed, store, parent_run, generate_cfg=cfg.generate)
     run = tracking.mlflow_client().get_run(built.run_id)
-    assert run.data.params["train_rows"] == "48" and run.data.params["adapter"] == "none"
+    assert run.data.params["train_rows"] == "32" and run.data.params["adapter"] == "none"
     assert {"best_val_loss", "train_seconds", "train_usd"} <= set(run.data.metrics)
     generator = load_generator(model_store.model_dir(built, store), threads=1)
     assert generator.manifest.task == "generate" and generator.chat and generator.generate("copy: a b", 4).output_tokens >= 1
