@@ -74,12 +74,13 @@ def cut_layers(model: torch.nn.Module, keep: int) -> tuple[torch.nn.Module, list
     return student, kept
 
 
-def teacher_answers(teacher: Any, tokenizer: Any, prompts: list[str], chat: bool, max_new_tokens: int, batch_size: int) -> list[str]:
-    """The teacher's greedy answer to each prompt (sequence-level KD's responses), end of sequence left out."""
+def teacher_answers(teacher: Any, tokenizer: Any, prompts: list[str], chat: bool, max_new_tokens: int, batch_size: int,
+                    eos_ids: list[int]) -> list[str]:  # fmt: skip
+    """The teacher's greedy answer to each prompt (sequence-level KD's responses), cut at its first end of sequence (any of
+    `eos_ids`, as serving stops) and without it: ``encode_pair`` appends the tokenizer's own."""
     import torch
 
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     answers = []
     for start in range(0, len(prompts), batch_size):
         ids = [tokenizer.encode(render_prompt(tokenizer, p, chat), add_special_tokens=False) for p in prompts[start : start + batch_size]]
@@ -87,11 +88,11 @@ def teacher_answers(teacher: Any, tokenizer: Any, prompts: list[str], chat: bool
         inputs = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=teacher.device)
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=teacher.device)
         with torch.inference_mode():
-            out = teacher.generate(inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+            out = teacher.generate(inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_ids,
                                    pad_token_id=pad)  # fmt: skip
         for row in out[:, width:].tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            answers.append(tokenizer.decode(row, skip_special_tokens=True))
+            end = next((i for i, token in enumerate(row) if token in eos_ids), len(row))
+            answers.append(tokenizer.decode(row[:end], skip_special_tokens=True))
     return answers
 
 
@@ -151,7 +152,7 @@ def val_losses(student: Any, teacher: Any, rows: list[Row], pad_id: int, batch_s
 
 
 def distill(student: Any, teacher: Any, train_rows: list[Row], val_rows: list[Row], kd: KD, cfg: TrainConfig, seed: int,
-            pad_id: int, checkpoint: Path | None, desc: str = "layer_drop") -> DistillResult:  # fmt: skip
+            pad_id: int, checkpoint: Path | None) -> DistillResult:  # fmt: skip
     """Train `student` in place on `train_rows`; on return it holds the weights with the lowest val KL to the teacher."""
     import torch
 
@@ -177,13 +178,7 @@ def distill(student: Any, teacher: Any, train_rows: list[Row], val_rows: list[Ro
         with _autocast(cfg.precision, device.type):
             teacher_logits = _logits(teacher, batch) if kd.token else None
             loss = kd_loss(_logits(student, batch, grad=True), teacher_logits, batch["labels"], kd)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _update(loss, student, optimizer, scheduler, scaler)
         done = step + 1
         if done % eval_every == 0 or done == total:
             _check(student, teacher, val_rows, pad_id, cfg.batch_size, state, done, loss.item())
@@ -194,6 +189,19 @@ def distill(student: Any, teacher: Any, train_rows: list[Row], val_rows: list[Ro
         student.load_state_dict(state.best)
     student.eval()
     return DistillResult(total, time.perf_counter() - started, -state.best_f1, resumed_from, state.history)
+
+
+def _update(loss: torch.Tensor, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> None:
+    """One optimizer step: gradients clipped at norm 1 (unscaled first under fp16), then the schedule moves on."""
+    import torch
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _check(student: Any, teacher: Any, rows: list[Row], pad_id: int, batch_size: int, state: TrainState, step: int, loss: float) -> None:

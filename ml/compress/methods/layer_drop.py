@@ -7,6 +7,7 @@ fine-tuned model by token-level KD on its logits, sequence-level KD on its greed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,13 +20,14 @@ from frugal.runtime.manifest import TOKENIZER_DIR, copy_tokenizer
 from frugal.runtime.registry import save_model
 from ml.compress.base import CompressContext, Method, MethodOptions, StepReport, register
 from ml.compress.common import training_settings
-from ml.generation.batches import encode_pair, pad_token_id
-from ml.generation.distill import KD, cut_layers, distill, teacher_answers, val_losses
+from ml.generation.batches import encode_pair, eos_token_id, pad_token_id
+from ml.generation.distill import KD, Row, cut_layers, distill, teacher_answers, val_losses
 from ml.training import resolve_device
 
 if TYPE_CHECKING:
     from frugal.config import GenerateConfig
 
+Answer = Callable[[list[str]], list[str]]  # prompts -> the teacher's greedy answers
 ANSWERS = "teacher_answers.parquet"  # sequence-level KD's responses, kept beside the checkpoint: generated once per step
 
 
@@ -62,33 +64,33 @@ class LayerDrop(Method):
         tokenizer = AutoTokenizer.from_pretrained(src / TOKENIZER_DIR)
         student, kept = cut_layers(teacher, opts.keep_layers)
         chat, pad = bool(manifest.notes.get("chat", gen.chat)), pad_token_id(tokenizer)
+        eos = list(manifest.notes.get("eos_token_ids") or [eos_token_id(tokenizer)])  # where serving stops, the teacher's answers do
 
-        def encode(frame: pd.DataFrame) -> list[tuple[list[int], list[int]]]:
-            return [
-                encode_pair(tokenizer, p, r, chat, manifest.max_length) for p, r in zip(frame["prompt"], frame["response"], strict=True)
-            ]
+        def answer(prompts: list[str]) -> list[str]:
+            return teacher_answers(teacher, tokenizer, prompts, chat, gen.max_new_tokens, cfg.batch_size, eos)
 
-        train = self._train_rows(ctx, teacher, tokenizer, chat, gen, cfg.batch_size)
-        val = encode(pd.read_parquet(ctx.data / "val.parquet"))
+        train = self._train_rows(ctx, answer)
+        val = _encode(tokenizer, pd.read_parquet(ctx.data / "val.parquet"), chat, manifest.max_length)
         before = val_losses(student, teacher, val, pad, cfg.batch_size)
         kd = KD(token=opts.kd != "sequence", temperature=opts.temperature, alpha=opts.alpha)
-        result = distill(student, teacher, encode(train), val, kd, cfg, ctx.seed, pad, ctx.checkpoint, f"layer_drop {opts.keep_layers}L")
+        rows = _encode(tokenizer, train, chat, manifest.max_length)
+        result = distill(student, teacher, rows, val, kd, cfg, ctx.seed, pad, ctx.checkpoint)
         after = val_losses(student, teacher, val, pad, cfg.batch_size)
         params = sum(p.numel() for p in student.parameters())
-        lineage = [*manifest.lineage, f"{self.name}-{opts.keep_layers}L"]
-        save_model(student.to("cpu"), dst, manifest.derive(params=params, lineage=lineage))
+        save_model(student.to("cpu"), dst, manifest.derive(params=params, lineage=[*manifest.lineage, f"{self.name}-{len(kept)}L"]))
         copy_tokenizer(src, dst)
-        return StepReport(
-            params={"kept_layers": ",".join(map(str, kept)), "student_layers": len(kept), "train_rows": len(train),
+        report = StepReport(
+            params={"kept_layers": ",".join(map(str, kept)), "student_layers": len(kept), "train_rows": len(rows),
                     "steps": result.steps, "resumed_from_step": result.resumed_from},
             metrics={"val_kl_before": before["kl"], "val_kl_after": after["kl"], "val_loss_before": before["ce"],
-                     "val_loss_after": after["ce"], "params_vs_teacher": params / manifest.params if manifest.params else 1.0},
-            notes=[f"Kept decoder layers {kept} of {teacher.config.num_hidden_layers}; val KL to the fine-tuned model "
-                   f"{before['kl']:.4f} -> {after['kl']:.4f}."],
+                     "val_loss_after": after["ce"], "params_vs_teacher": params / max(manifest.params, 1)},
             history=result.history,
         )  # fmt: skip
+        report.notes.append(f"Kept decoder layers {kept} of {teacher.config.num_hidden_layers}; val KL(fine-tuned || student) on "
+                            f"the response tokens {before['kl']:.4f} -> {after['kl']:.4f}.")  # fmt: skip
+        return report
 
-    def _train_rows(self, ctx: CompressContext, teacher: Any, tokenizer: Any, chat: bool, gen: GenerateConfig, batch: int) -> pd.DataFrame:
+    def _train_rows(self, ctx: CompressContext, answer: Answer) -> pd.DataFrame:
         """The prompt/response rows the student learns: the references, the teacher's answers, or both (`kd`)."""
         opts: LayerDropOptions = self.options
         train = pd.read_parquet(ctx.data / "train.parquet")
@@ -96,23 +98,24 @@ class LayerDrop(Method):
             train = train.sample(n=ctx.train.max_rows, random_state=ctx.seed)
         frames = [] if opts.kd == "sequence" else [train[["prompt", "response"]]]
         if opts.kd != "token":
-            frames.append(self._answers(ctx, teacher, tokenizer, list(train["prompt"].iloc[: opts.sequence_rows]), chat, gen, batch))
+            frames.append(_answers(ctx, list(train["prompt"].iloc[: opts.sequence_rows]), answer))
         return pd.concat(frames, ignore_index=True)
 
-    @staticmethod
-    def _answers(ctx: CompressContext, teacher: Any, tokenizer: Any, prompts: list[str], chat: bool, gen: GenerateConfig,
-                 batch: int) -> pd.DataFrame:  # fmt: skip
-        """The teacher's greedy answers to `prompts`, read back from the checkpoint folder when a resumed step made them."""
-        cached = ctx.checkpoint / ANSWERS if ctx.checkpoint else None
-        if cached is not None and cached.is_file():
-            return pd.read_parquet(cached)
-        answers = pd.DataFrame(
-            {"prompt": prompts, "response": teacher_answers(teacher, tokenizer, prompts, chat, gen.max_new_tokens, batch)}
-        )
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            answers.to_parquet(cached)
-        return answers
+
+def _answers(ctx: CompressContext, prompts: list[str], answer: Answer) -> pd.DataFrame:
+    """The teacher's greedy answers to `prompts`, read back from the checkpoint folder when a resumed step made them."""
+    cached = ctx.checkpoint / ANSWERS if ctx.checkpoint else None
+    if cached is not None and cached.is_file():
+        return pd.read_parquet(cached)
+    answers = pd.DataFrame({"prompt": prompts, "response": answer(prompts)})
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        answers.to_parquet(cached)
+    return answers
+
+
+def _encode(tokenizer: Any, frame: pd.DataFrame, chat: bool, max_length: int) -> list[Row]:
+    return [encode_pair(tokenizer, p, r, chat, max_length) for p, r in zip(frame["prompt"], frame["response"], strict=True)]
 
 
 def _generate(ctx: CompressContext, method: str) -> GenerateConfig:
