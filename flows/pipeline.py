@@ -13,9 +13,11 @@ from typing import Literal
 
 from prefect import flow
 
+from frugal.config import GenerateConfig, RunConfig
 from frugal.logs import quiet_user_errors
 from frugal.paths import ProjectPaths
-from ml.compress.plan import plan
+from ml.compress.plan import BASELINE_FORMATS, plan
+from ml.generation.modeling import check_generative_source
 from ml.modeling import check_source
 from tasks.cascade import build_cascades
 from tasks.compress import build_variant
@@ -52,10 +54,10 @@ def pipeline(
     quiet_user_errors()
     paths = ProjectPaths.resolve(project_dir)
     cfg = config_file.load_or_fail_run(config, overrides or [], paths)
-    planned = plan(cfg.compress)  # the chains as method instances, formats checked: what builds and dispatches each step
+    planned = plan(cfg.compress, BASELINE_FORMATS[cfg.task])  # the chains as method instances, formats checked
     on = Dispatch(cfg, paths)
     with tracking.parent_run(cfg, paths) as run_id:
-        check_source(cfg.model)
+        check_generative_source(cfg.model, cfg.generate) if cfg.task == "generate" else check_source(cfg.model)
         staged = restore_data(cfg, paths, run_id) if cfg.data.version else prepare(cfg, paths, run_id)
         validate(staged, cfg, paths, run_id)
         data = version_data(staged, cfg, paths, run_id)
@@ -64,7 +66,7 @@ def pipeline(
         noise = detect_label_noise(data, cfg, paths, run_id)  # None unless annotation.noise.detect
         base = on.finetune(
             data=data, model=cfg.model, train_cfg=cfg.finetune, labels=cfg.data.labels, seed=cfg.seed, paths=paths, parent_run=run_id,
-            noise=for_finetune(noise),
+            noise=for_finetune(noise), **task_settings(cfg),
         )  # fmt: skip
         if until == "finetune":
             return stopped(run_id, data.md5, until)
@@ -83,6 +85,11 @@ def pipeline(
         bundle = package(selection, variants, data, cfg, paths, run_id)
         registration = register(bundle, selection, data, cfg, paths, run_id, measure=on.measure)
     return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)
+
+
+def task_settings(cfg: RunConfig) -> dict[str, GenerateConfig]:
+    """What a stage needs besides its classify arguments for task generate (the prompt format and decoding settings)."""
+    return {"generate_cfg": cfg.generate} if cfg.task == "generate" else {}
 
 
 def stopped(run_id: str, data_hash: str, until: Until) -> PipelineResult:

@@ -38,10 +38,12 @@ def _on_worker(task: Any, tracking_uri: str, result_storage: str, locks: LocksCo
 @flow(name=STAGES["finetune"].flow, log_prints=True)
 def finetune_stage(
     data: DataRef, model: ModelConfig, train_cfg: FinetuneConfig, labels: list[str], seed: int, parent_run: str,
-    tracking_uri: str, result_storage: str, locks: LocksConfig, noise: NoiseRef | None = None,
+    tracking_uri: str, result_storage: str, locks: LocksConfig, noise: NoiseRef | None = None, generate_cfg: GenerateConfig | None = None,
 ) -> ModelRef:  # fmt: skip
     step, paths = _on_worker(finetune, tracking_uri, result_storage, locks)
-    return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run, noise=noise)
+    task = {"generate_cfg": generate_cfg} if generate_cfg is not None else {}  # task generate: the same cache key as in-process
+    return step(data=data, model=model, train_cfg=train_cfg, labels=labels, seed=seed, paths=paths, parent_run=parent_run, noise=noise,
+                **task)  # fmt: skip
 
 
 @flow(name=STAGES["compress_step"].flow, log_prints=True)

@@ -11,6 +11,8 @@ from frugal.config import RunConfig
 from frugal.paths import ProjectPaths
 from ml.data import summary, write_splits
 from ml.generation.data import TokenCounter, prepared_pairs, write_pairs
+from ml.generation.modeling import check_tokenizer, tokenizer_for
+from ml.generation.modeling import token_counters as token_counters_of
 from ml.prepare import prepared
 from tasks.plumbing import tracking
 from tasks.plumbing.refs import Ref
@@ -46,8 +48,8 @@ def prepare(cfg: RunConfig, paths: ProjectPaths, parent_run: str) -> Staged:
 
 
 def token_counters(cfg: RunConfig) -> tuple[TokenCounter | None, TokenCounter | None]:
-    """The hook for generate.max_prompt_tokens / max_response_tokens: (response counter, prompt counter after the chat template).
-
-    None, None = whitespace words, until the model's tokenizer is wired in here (ml/generation/modeling.py `tokenizer_for`).
-    """
-    return None, None
+    """generate.max_prompt_tokens / max_response_tokens count the model's own tokens: (response counter, prompt counter after
+    the chat template). A tokenizer without the chat template `generate.chat` asks for fails here, before any data is written."""
+    tokenizer = tokenizer_for(cfg.model)
+    check_tokenizer(tokenizer, cfg.generate.chat)
+    return token_counters_of(tokenizer, cfg.generate.chat)

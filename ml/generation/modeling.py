@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frugal.config import ModelConfig
+from frugal.config import GenerateConfig, ModelConfig
 from frugal.errors import ModelError
 from frugal.runtime.formats.causal import save_causal
 from frugal.runtime.manifest import Manifest
@@ -134,6 +134,11 @@ def _where(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
             )
         return str(path), {"local_files_only": True}
     return hub_source(cfg)  # the same revision pinning and trust_remote_code allowlist as classification
+
+
+def check_generative_source(cfg: ModelConfig, generate: GenerateConfig) -> None:
+    """Fail before any data is touched: the model is there, and its tokenizer has the chat template generate.chat asks for."""
+    check_tokenizer(tokenizer_for(cfg), generate.chat)
 
 
 def tokenizer_for(cfg: ModelConfig) -> Any:
