@@ -313,7 +313,8 @@ def test_the_bundle_carries_only_the_leaf_runtime_and_serves_from_it(server: Ser
     needed = {f"runtime/formats/{fmt.module.rsplit('.', 1)[1]}.py" for fmt in formats_of(bundle / "artifacts" / "model")}
     assert {p for p in carried if p.startswith("runtime/formats/") and not p.endswith("__init__.py")} == needed
     assert carried == {"__init__.py", "bundle/__init__.py", "bundle/pyfunc.py", "bundle/serve_model.py", "runtime/__init__.py",
-                       "runtime/manifest.py", "runtime/predictor.py", "runtime/registry.py", "runtime/formats/__init__.py", *needed}
+                       "runtime/manifest.py", "runtime/predictor.py", "runtime/generator.py", "runtime/registry.py",
+                       "runtime/formats/__init__.py", *needed}
     script = textwrap.dedent(f"""
         import json, sys
         # Only the bundle's code may provide frugal: drop the editable install's finder of the repo's package.
