@@ -103,12 +103,18 @@ def _latest(feedback: pd.DataFrame) -> pd.DataFrame:
 # --- reading and exporting ----------------------------------------------------------------------
 
 
-def load_feedback(source: str, root: Path) -> pd.DataFrame:
-    """Feedback rows (text, label, created_at as UTC times, NaT when unknown) from a database URL or an exported file."""
+def load_feedback(source: str, root: Path, task: str = "classify") -> pd.DataFrame:
+    """Feedback rows (text, label, created_at as UTC times, NaT when unknown) from a database URL or an exported file.
+
+    task generate: a row is a prompt (`text`) and its corrected response (`label`); an exported file's prompt/response
+    columns (`frugal feedback export --task generate`) read as those."""
     if "://" in source:
-        return read_database(source, root)
+        return read_database(source, root, task)
     path = Path(source) if Path(source).is_absolute() else root / source
-    return _typed(_read_file(path), str(path))
+    frame = _read_file(path)
+    if task == "generate":
+        frame = frame.rename(columns={"prompt": "text", "response": "label"})
+    return _typed(frame, str(path))
 
 
 def shown(source: str) -> str:
@@ -140,13 +146,13 @@ def database_url(source: str, root: Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def read_database(source: str, root: Path) -> pd.DataFrame:
-    """Every stored feedback row, read through the accounts store (nothing is migrated or written)."""
+def read_database(source: str, root: Path, task: str = "classify") -> pd.DataFrame:
+    """Every stored feedback row of `task`, read through the accounts store (nothing is migrated or written)."""
     url = database_url(source, root)
     store = None
     try:
         store = Accounts(url, {})  # no plans: reading feedback prices nothing
-        rows = store.feedback_rows()
+        rows = store.feedback_rows(task=task)
     except Exception as exc:  # drivers raise many types; all mean "cannot read feedback here"
         reason = exc.problem if isinstance(exc, FrugalError) else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"Feedback database {shown(source)} could not be read: {reason}", DB_FIX) from None

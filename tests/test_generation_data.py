@@ -95,9 +95,9 @@ def test_max_rows_is_a_seeded_sample_and_the_split_is_seeded(gen_cfg: RunConfig)
 
 
 def test_feedback_corrects_a_response_or_adds_a_pair(tmp_path: Path, gen_cfg: RunConfig) -> None:
-    feedback = tmp_path / "feedback.csv"
+    feedback = tmp_path / "feedback.csv"  # the columns `frugal feedback export --task generate` writes
     pd.DataFrame(
-        {"text": ["Q one\n\nbody", "Q one\n\nbody", "Q new"], "label": ["old fix", "Better one", "New answer"],
+        {"prompt": ["Q one\n\nbody", "Q one\n\nbody", "Q new"], "response": ["old fix", "Better one", "New answer"],
          "created_at": ["2025-01-01T00:00:00+00:00", "2025-02-01T00:00:00+00:00", ""]}
     ).to_csv(feedback, index=False)  # fmt: skip
     cfg = shrink(gen_cfg, data={"feedback": str(feedback)})
@@ -107,6 +107,23 @@ def test_feedback_corrects_a_response_or_adds_a_pair(tmp_path: Path, gen_cfg: Ru
         {"prompt": "Q one\n\nbody", "response": "Better one"}, {"prompt": "Q two", "response": "Two"},
         {"prompt": "Q new", "response": "New answer"}]  # fmt: skip
     assert report["feedback_relabelled"] == 1 and report["feedback_new"] == 1 and report["feedback_conflicting"] == 1
+
+
+def test_feedback_from_the_serving_database_takes_the_generate_rows_only(tmp_path: Path, gen_cfg: RunConfig) -> None:
+    from frugal.accounts.store import Accounts
+    from frugal.config.serve import load_settings
+
+    store = Accounts(f"sqlite:///{tmp_path / 'serve.db'}", load_settings("serve").plans)
+    store.migrate()
+    _, key = store.create_key(name="acme", plan="starter")
+    store.add_feedback(key, "A corrected headline", text="Q two", task="generate")
+    store.add_feedback(key, "positive", text="Q one\n\nbody")  # a classifier's label: not a response
+    store.close()
+    cfg = shrink(gen_cfg, data={"feedback": f"sqlite:///{tmp_path / 'serve.db'}"})
+    merged, report = add_pair_feedback(pairs(("Q one\n\nbody", "One"), ("Q two", "Two")), cfg.data, tmp_path)
+    assert merged[["prompt", "response"]].to_dict("records") == [
+        {"prompt": "Q one\n\nbody", "response": "One"}, {"prompt": "Q two", "response": "A corrected headline"}]  # fmt: skip
+    assert report["feedback_rows"] == 1
 
 
 def test_good_splits_pass_validation(gen_cfg: RunConfig, store: ProjectPaths, parent_run: str) -> None:

@@ -87,7 +87,7 @@ def add_pair_feedback(base: pd.DataFrame, cfg: DataConfig, root: Path) -> tuple[
     response of the same prompt (its `text`) or adds a pair; those rows survive the data.max_rows cap."""
     assert cfg.feedback is not None
     renamed = base.rename(columns={"prompt": "text", "response": "label"})
-    merged, report = merge(renamed, load_feedback(cfg.feedback, root), labels=None, normalise=normalise)
+    merged, report = merge(renamed, load_feedback(cfg.feedback, root, task="generate"), labels=None, normalise=normalise)
     log.info("Feedback from %s: %s", shown(cfg.feedback), ", ".join(f"{k.removeprefix('feedback_')}: {v}" for k, v in report.items()))
     return merged.rename(columns={"text": "prompt", "label": "response"}), report
 
