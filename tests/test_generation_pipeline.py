@@ -64,6 +64,14 @@ def test_compare_shows_the_generative_metrics(generate_run, project: Path) -> No
     assert "rouge_l" in shown.stdout and "usd_per_1m_tokens" in shown.stdout
 
 
+def test_reproduce_gives_the_same_answers_scores(generate_run, project: Path) -> None:
+    original = re.search(r"MLflow parent run (\w+)", generate_run.stdout).group(1)
+    again = cli("reproduce", original, project=project)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Quality metrics match exactly" in again.stdout and "| baseline | rouge_l |" in again.stdout
+    assert "| baseline | usd_per_1m_tokens |" in again.stdout
+
+
 def chatless_model(folder: Path) -> Path:
     """A transformers folder (model + tokenizer) whose tokenizer has no chat template."""
     write_tokenizer(folder)

@@ -21,7 +21,20 @@ from tasks.plumbing.provenance import CONFIG_ARTIFACT
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-COST = ("usd_per_1m", "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "model_size_mb", "params_m")
+COST = (
+    "usd_per_1m",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "throughput_per_s",
+    "peak_rss_mb",
+    "model_size_mb",
+    "params_m",
+    "usd_per_1m_tokens",
+    "usd_per_1m_prompt_tokens",
+    "tokens_per_s",
+    "ttft_p50_ms",
+)  # the last four: task generate
+GENERATIVE_QUALITY = ("rouge_l", "exact_match", "field_f1")  # greedy decoding on the CPU: the same answers, so the same scores
 
 
 class ReproduceError(FrugalError):
@@ -43,7 +56,7 @@ class Recorded:
 
 
 def is_quality(metric: str) -> bool:
-    return metric in ("accuracy", "macro_f1") or (metric.startswith("f1_") and metric != "f1_retained")
+    return metric in ("accuracy", "macro_f1", *GENERATIVE_QUALITY) or (metric.startswith("f1_") and metric != "f1_retained")
 
 
 def parent_of(mlc: MlflowClient, run_id: str) -> Any:
@@ -174,7 +187,19 @@ def table(rows: list[Row], original: Recorded, again: Recorded) -> str:
     return "\n".join(lines)
 
 
-SUMMARY = ("macro_f1", "accuracy", "f1_retained", "usd_per_1m", "latency_p50_ms", "model_size_mb")
+SUMMARY = (
+    "macro_f1",
+    "accuracy",
+    "f1_retained",
+    "usd_per_1m",
+    "latency_p50_ms",
+    "model_size_mb",
+    *GENERATIVE_QUALITY,
+    "quality_retained",
+    "usd_per_1m_tokens",
+    "tokens_per_s",
+    "ttft_p50_ms",
+)
 
 
 def write_summary(run_id: str, path: str | Path) -> None:
