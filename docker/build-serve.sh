@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the serving image (docker/serve.Dockerfile) for one champion in the onnx or openvino format:
+# Builds the serving image (docker/serve.Dockerfile) for one champion in the onnx, openvino or causal-ort format:
 #   docker/build-serve.sh models:/frugal-default@champion   # a registry alias (or models:/NAME/VERSION)
 #   docker/build-serve.sh path/to/bundle                    # a bundle folder (tasks/package.py's layout) or a model folder
 # and prints the image's size. The alias is resolved once: the image serves that version for good.
@@ -80,7 +80,7 @@ else
     exit 2
 fi
 
-# The image has the model's runtime (docker/serve-runtime-<format>.txt) and no torch: refuse a format without one
+# The image has the model's runtime (docker/serve-runtime-<format>.txt; causal-ort: a generative champion) and no torch: refuse a format without one
 # here, not at container start.
 model_dir=$ctx/bundle/artifacts/model
 [[ -d $model_dir ]] || model_dir=$ctx/bundle
@@ -93,7 +93,7 @@ runtime=$here/serve-runtime-$format.txt
 if [[ ! -f $runtime ]]; then
     formats=$(cd "$here" && ls serve-runtime-*.txt | sed 's/serve-runtime-//; s/\.txt//' | paste -sd, -)
     echo "build-serve: $model_source is a '$format' model; this image serves the formats $formats only (it has no torch)." >&2
-    echo "  Fix: serve it with \`frugal serve\` where torch is installed, or make an int8 variant (int8, onnx_int8, openvino) the champion." >&2
+    echo "  Fix: serve it with \`frugal serve\` where torch is installed, or make an int8 variant (int8, onnx_int8, openvino; genai for task generate) the champion." >&2
     exit 1
 fi
 

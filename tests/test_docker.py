@@ -272,7 +272,7 @@ def test_serve_image_requirements_pin_the_locks_versions() -> None:
     assert {"tokenizers", "fastapi", "uvicorn", "sqlalchemy", "alembic"} <= set(serve) and not {"onnxruntime", "openvino"} & set(serve)
     from frugal.runtime.registry import get_format
 
-    assert set(runtimes) == {"onnx", "openvino"}
+    assert set(runtimes) == {"onnx", "openvino", "causal-ort"}
     for name, pins in runtimes.items():  # what the format itself declares it needs to serve, beyond the common part
         assert set(pins) == {p.lower() for p in get_format(name).packages} - set(serve), name
     for pins in (serve, *runtimes.values()):
