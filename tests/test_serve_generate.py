@@ -8,6 +8,7 @@ without a chat template is served in-process (FastAPI's TestClient) for the one 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,9 @@ def test_chat_whole_and_streamed_agree_with_usage(server: Server, accounts: Acco
     assert streamed == choice["message"]["content"]  # greedy: the same text, piece by piece
     assert chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == usage  # include_usage: the last chunk
+    scraped = server.http.get("/metrics").text  # Prometheus counts the tokens answered, by kind
+    completion = float(re.search(r'^frugal_tokens_total\{kind="completion"\} (\S+)$', scraped, re.M).group(1))
+    assert completion >= 2 * usage["completion_tokens"]
 
 
 def test_text_completions_whole_and_streamed(server: Server, accounts: Accounts) -> None:

@@ -28,6 +28,8 @@ class Metrics:
         self.latency = Histogram("frugal_request_seconds", "Time to answer a request, by endpoint.", ["endpoint"], registry=self.registry)
         self.errors = Counter("frugal_errors", "Unhandled exceptions, each answered with a 500.", ["endpoint"], registry=self.registry)
         self.texts = Counter("frugal_texts", "Texts classified.", registry=self.registry)
+        self.tokens = Counter("frugal_tokens", "Tokens of generative requests answered, by kind (prompt, completion).", ["kind"],
+                              registry=self.registry)  # fmt: skip
         self.reloads = Counter("frugal_model_loads", "Model versions loaded and swapped in.", registry=self.registry)
         self.ready = Gauge("frugal_model_ready", "1 once a model is loaded.", registry=self.registry)
         self.batch_texts = Histogram("frugal_batch_texts", "Texts per model batch (adaptive batching).", registry=self.registry,

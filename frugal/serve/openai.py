@@ -101,6 +101,8 @@ class _Job:
         cost = self.loaded.cost_usd(output.tokens)
         served = Served(self.key, self.request_id, [self.prompt_text], [""], self.loaded.version, cost, datetime.now(UTC), use)
         self.serving.meter.add(served)
+        self.serving.metrics.tokens.labels("prompt").inc(prompt)
+        self.serving.metrics.tokens.labels("completion").inc(output.tokens)
 
 
 async def _complete(request: Request, key: KeyInfo, body: ChatRequest | CompletionRequest, prompt: str | Sequence[Message],
