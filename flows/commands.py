@@ -24,7 +24,6 @@ from frugal.accounts.store import open_accounts
 from frugal.errors import ConfigError
 from frugal.paths import ProjectPaths
 from ml import feedback
-from ml.generation import feedback_export as feedback_export_generate
 from tasks.plumbing import config, tracking
 from tasks.plumbing.lifecycle import close_stale_runs
 from tasks.reports import compare as compare_report
@@ -154,12 +153,10 @@ def compare(args: argparse.Namespace) -> int:
 
 def feedback_export(args: argparse.Namespace) -> int:
     store = open_accounts(args.serve_config, args.project_dir)  # migrated: a project that never served has "no feedback"
-    generate = args.task == "generate"  # corrected responses: columns prompt, response (ml/generation/feedback_export.py)
     try:
-        rows = store.feedback_rows(args.task)
-        frame = feedback_export_generate.rows_frame(rows) if generate else feedback.rows_frame(rows)
+        frame = feedback.rows_frame(store.feedback_rows(args.task))
     finally:
         store.close()
-    (feedback_export_generate.write if generate else feedback.write)(frame, Path(args.out))
+    feedback.write(frame, Path(args.out), args.task)  # task generate: columns prompt, response
     print(f"Wrote {len(frame)} feedback row(s) from {feedback.shown(str(store.url))} to {args.out}")
     return 0

@@ -199,14 +199,20 @@ def _typed(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     return pd.DataFrame({"text": frame["text"], "label": frame["label"], "created_at": created})
 
 
-def write(frame: pd.DataFrame, out: Path) -> None:
-    """Feedback rows as CSV or Parquet (by the suffix): the file data.feedback reads back."""
+def write(frame: pd.DataFrame, out: Path, task: str = "classify") -> None:
+    """Feedback rows as CSV or Parquet (by the suffix): the file data.feedback reads back. task generate: the columns are
+    named for what they hold, prompt and response (a corrected response; load_feedback reads them back as text/label)."""
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise DataError(f"Cannot export feedback to {out}: unsupported type {out.suffix!r}.", "Name a .csv or .parquet file.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    frame = frame[COLUMNS]
     if suffix == ".csv":
         iso = frame["created_at"].map(lambda t: t.isoformat() if pd.notna(t) else "")  # 2025-06-01T12:00:00+00:00
-        frame[COLUMNS].assign(created_at=iso).to_csv(out, index=False)
+        frame = frame.assign(created_at=iso)
+    if task == "generate":
+        frame = frame.rename(columns={"text": "prompt", "label": "response"})
+    if suffix == ".csv":
+        frame.to_csv(out, index=False)
     else:
-        frame[COLUMNS].to_parquet(out, index=False)
+        frame.to_parquet(out, index=False)

@@ -69,3 +69,18 @@ def save_tiny_causal(dst: Path, tok_dir: Path, seed: int = 0, layers: int = 2, c
     save_causal(model, dst, manifest)
     shutil.copytree(tok_dir, dst / TOKENIZER_DIR, dirs_exist_ok=True)
     return dst
+
+
+def write_gguf(path: Path, architecture: str) -> Path:
+    """A minimal GGUF file of `architecture` (one tensor): what a loader must refuse when transformers cannot read it."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

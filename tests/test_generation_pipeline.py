@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from gen_helpers import tiny_llama, write_tokenizer
+from gen_helpers import tiny_llama, write_gguf, write_tokenizer
 
 from frugal.config import load_config
 from frugal.errors import ConfigError, DataError, ModelError
@@ -84,20 +84,6 @@ def chatless_model(folder: Path) -> Path:
     return folder
 
 
-def odd_gguf(path: Path) -> Path:
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), "rwkv7")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 BAD_INPUTS = {
     "response column missing": (["data.source=file", "data.path={tmp}/pairs.csv"], DataError, "no column 'response'"),
     "prompt over the context": (["generate.max_prompt_tokens=250"], ConfigError, "over the model's context"),
@@ -112,7 +98,7 @@ def test_bad_input_is_one_message_and_leaves_no_trace(case: str, generate_run, p
 
     pd.DataFrame({"prompt": ["a", "b"], "reply": ["x", "y"]}).to_csv(tmp_path / "pairs.csv", index=False)
     chatless_model(tmp_path / "chatless")
-    odd_gguf(tmp_path / "odd.gguf")
+    write_gguf(tmp_path / "odd.gguf", "rwkv7")
     overrides, error, message = BAD_INPUTS[case]
     mlc = client(project)
     champion_before = mlc.get_model_version_by_alias("frugal-generate-smoke", "champion").version

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from gen_helpers import write_gguf
 
 from frugal.config import load_config
 from frugal.errors import ModelError
@@ -131,17 +132,7 @@ def test_chat_without_template_is_one_error() -> None:
 
 
 def test_gguf_of_an_unsupported_architecture_is_one_error(tmp_path: Path) -> None:
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "odd.gguf"
-    writer = gguf.GGUFWriter(str(path), "rwkv7")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "odd.gguf", "rwkv7")
     cfg = smoke("model.source=path", f"model.name_or_path={path}")
     with pytest.raises(ModelError, match="'rwkv7'"):
         load_causal_lm(cfg.model, 0, chat=False)
