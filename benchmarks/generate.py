@@ -1,6 +1,6 @@
 """Generation benchmark: the generative pipeline's variants side by side in one run, checked against issue 23's goal.
 
-    python benchmarks/generate.py                     # configs/generate.yaml (SmolLM2-135M, BBC headlines), ~40 min on 2 CPU cores
+    python benchmarks/generate.py                     # configs/generate.yaml (SmolLM2-135M, BBC headlines), ~45 min on 2 CPU cores
     python benchmarks/generate.py -c generate-smoke   # the same report on the tiny config, ~2 min
 
 Goal (the champion against the fine-tuned fp32 model generating with plain transformers `generate`, same test prompts,
