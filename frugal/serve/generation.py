@@ -15,40 +15,27 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from frugal.runtime.generator import Generator, Message, Token
-from frugal.runtime.manifest import Manifest
-from frugal.serve.source import Release
+from frugal.serve.source import LoadedRelease, Release
 
 log = logging.getLogger(__name__)
 _DONE = object()
 
 
-class Generating:
+class Generating(LoadedRelease):
     """One loaded generative version (Manifest.task "generate"): the runtime's generator plus what the API reports."""
 
+    cost_figure = "usd_per_1m_tokens"  # cost_usd(completion tokens)
+
     def __init__(self, release: Release, generator: Generator) -> None:
-        self.release, self.generator = release, generator
-        self.loaded_at = datetime.now(UTC)
-
-    @property
-    def version(self) -> str:
-        return self.release.version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.generator.manifest
+        super().__init__(release, generator.manifest)
+        self.generator = generator
 
     @property
     def labels(self) -> list[str]:
         return []
-
-    def cost_usd(self, completion_tokens: int) -> float:
-        """What generating them costs us at the variant's measured $ per 1M output tokens; 0 when unknown (a folder source)."""
-        usd_per_1m = self.release.figures.get("usd_per_1m_tokens")
-        return completion_tokens / 1e6 * usd_per_1m if usd_per_1m is not None else 0.0
 
 
 @dataclass

@@ -12,7 +12,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from frugal.runtime import Predictor, load_predictor
 from frugal.runtime.manifest import Manifest
 from frugal.runtime.registry import load_generator
 from frugal.serve.generation import Generating
-from frugal.serve.source import Release, Source
+from frugal.serve.source import LoadedRelease, Release, Source
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +31,14 @@ class Classified:
     truncated: bool
 
 
-class Loaded:
-    """One loaded version: the runtime's predictor plus what the API reports about it."""
+class Loaded(LoadedRelease):
+    """One loaded classifier version: the runtime's predictor plus what the API reports about it."""
+
+    cost_figure = "usd_per_1m"
 
     def __init__(self, release: Release, predictor: Predictor, batch_size: int) -> None:
-        self.release, self.predictor, self.batch_size = release, predictor, batch_size
-        self.loaded_at = datetime.now(UTC)
-
-    @property
-    def version(self) -> str:
-        return self.release.version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.predictor.manifest
+        super().__init__(release, predictor.manifest)
+        self.predictor, self.batch_size = predictor, batch_size
 
     @property
     def labels(self) -> list[str]:
@@ -58,11 +51,6 @@ class Loaded:
             Classified(labels[int(np.argmax(row))], {label: float(p) for label, p in zip(labels, row, strict=True)}, cut)
             for row, cut in zip(proba, truncated, strict=True)
         ]
-
-    def cost_usd(self, n_texts: int) -> float:
-        """What serving n texts costs us at the variant's measured price; 0 when it is unknown (a folder source)."""
-        usd_per_1m = self.release.figures.get("usd_per_1m")
-        return n_texts / 1e6 * usd_per_1m if usd_per_1m is not None else 0.0
 
 
 class ModelHolder:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from frugal import artifacts, bundle
 from frugal.config.serve import ServeSettings
 from frugal.errors import ConfigError, ModelError
 from frugal.fetch import fetch_once, in_place
 from frugal.paths import tracking_uri
-from frugal.runtime.manifest import MANIFEST
+from frugal.runtime.manifest import MANIFEST, Manifest
 
 FIGURES = ("macro_f1", "f1_retained", "usd_per_1m", "latency_p50_ms", "throughput_per_s", "usd_per_1m_tokens")  # the last: generative
 
@@ -34,6 +35,26 @@ class Release:
     model_dir: Path
     variant: str | None = None
     figures: dict[str, float | None] = field(default_factory=dict)
+
+
+class LoadedRelease:
+    """One release loaded in memory, either task's: its version, manifest and load time, and what serving it costs us."""
+
+    cost_figure: ClassVar[str]  # the release's measured price per 1M units: texts (classify) or output tokens (generate)
+
+    def __init__(self, release: Release, manifest: Manifest) -> None:
+        self.release, self.manifest = release, manifest
+        self.loaded_at = datetime.now(UTC)
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    def cost_usd(self, units: int) -> float:
+        """What serving `units` (texts, or output tokens) costs us at the variant's measured price; 0 when it is unknown (a
+        folder source)."""
+        usd_per_1m = self.release.figures.get(self.cost_figure)
+        return units / 1e6 * usd_per_1m if usd_per_1m is not None else 0.0
 
 
 class Source(Protocol):
