@@ -12,6 +12,8 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,11 +103,12 @@ def latency_metrics(predictor, sample: list[str]) -> dict[str, float]:
     return {"latency_p50_ms": float(np.percentile(latencies, 50)), "latency_p95_ms": float(np.percentile(latencies, 95))}
 
 
-def main() -> None:
+def answer_request(measure_fn: Callable[..., dict[str, Any]]) -> None:
+    """The measuring process's protocol (tasks/evaluate.py run_measurement): the JSON request on stdin, the result to argv[1]."""
     request = json.loads(sys.stdin.read())
     with open(sys.argv[1], "w") as out:
-        json.dump(measure(**request), out)
+        json.dump(measure_fn(**request), out)
 
 
 if __name__ == "__main__":
-    main()
+    answer_request(measure)

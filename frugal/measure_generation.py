@@ -11,15 +11,13 @@ tokens over the time to the first token) are priced apart, since a provider bill
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from frugal.measure import machine, peak_rss_mb, spread
+from frugal.measure import answer_request, machine, peak_rss_mb, spread
 from frugal.runtime.generator import Generation
 from frugal.runtime.registry import load_generator
 
@@ -99,11 +97,5 @@ def measure(
     }
 
 
-def main() -> None:
-    request = json.loads(sys.stdin.read())
-    with open(sys.argv[1], "w") as out:
-        json.dump(measure(**request), out)
-
-
 if __name__ == "__main__":
-    main()
+    answer_request(measure)
