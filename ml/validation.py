@@ -107,7 +107,7 @@ def _in_words(split: str, kind: str, kw: dict[str, Any], frame: pd.DataFrame, tr
     if kind == "expect_column_values_to_not_be_null":
         return f"{int(frame[column].isna().sum()):,} of {rows:,} {split} rows have no {column}", f"data.{column}_column"
     if kind == "expect_column_value_lengths_to_be_between":
-        return _lengths(split, frame[column].astype(str).str.len(), kw["min_value"], kw["max_value"])
+        return length_problem(split, "texts", frame[column].astype(str).str.len(), kw["min_value"], kw["max_value"])
     if kind == "expect_table_row_count_to_be_between":
         return f"the {split} split has {rows:,} rows, fewer than validation.min_rows.{split} = {kw['min_value']:,}", "validation.min_rows"
     if kind == "expect_column_mean_to_be_between" and column.startswith(SHARE_PREFIX):
@@ -125,13 +125,14 @@ def _in_words(split: str, kind: str, kw: dict[str, Any], frame: pd.DataFrame, tr
     return f"{split}: {kind} {kw}", "validation"
 
 
-def _lengths(split: str, lengths: pd.Series, shortest: int, longest: int) -> tuple[str, str]:
+def length_problem(split: str, noun: str, lengths: pd.Series, shortest: int, longest: int) -> tuple[str, str]:
+    """A failed length expectation in words (`noun`: texts, prompts, responses), and the config key that sets the bound."""
     over, under = int((lengths > longest).sum()), int((lengths < shortest).sum())
     parts = []
     if over:
-        parts.append(f"{over:,} of {len(lengths):,} {split} texts are longer than {longest:,} characters; "
+        parts.append(f"{over:,} of {len(lengths):,} {split} {noun} are longer than {longest:,} characters; "
                      f"the longest has {int(lengths.max()):,} characters")  # fmt: skip
     if under:
-        parts.append(f"{under:,} of {len(lengths):,} {split} texts are shorter than {shortest:,} characters")
+        parts.append(f"{under:,} of {len(lengths):,} {split} {noun} are shorter than {shortest:,} characters")
     key = "validation.text_max_chars" if over else "validation.text_min_chars"
     return "; ".join(parts), key

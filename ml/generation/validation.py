@@ -14,7 +14,7 @@ import pandas as pd
 from frugal.config import RunConfig
 from ml.data import SPLITS
 from ml.generation.data import COLUMNS
-from ml.validation import failed, validate_splits
+from ml.validation import failed, length_problem, validate_splits
 
 SHARED = "shared_with_earlier_split"  # derived: the prompt is also in a split before this one (train < val < test)
 
@@ -79,7 +79,7 @@ def _in_words(split: str, kind: str, kw: dict[str, Any], frames: dict[str, pd.Da
     if kind == "expect_column_values_to_not_be_null":
         return f"{int(frame[column].isna().sum()):,} of {rows:,} {split} rows have no {column}", f"generate.{column}_column"
     if kind == "expect_column_value_lengths_to_be_between":
-        return _lengths(split, column, frame[column].astype(str).str.len(), kw["min_value"], kw["max_value"])
+        return length_problem(split, f"{column}s", frame[column].astype(str).str.len(), kw["min_value"], kw["max_value"])
     if kind == "expect_column_values_to_be_unique":
         repeated = int(frame[column].duplicated(keep=False).sum())
         return f"{repeated:,} of {rows:,} {split} rows share their {column} with another {split} row", "validation"
@@ -88,15 +88,3 @@ def _in_words(split: str, kind: str, kw: dict[str, Any], frames: dict[str, pd.Da
         leaked = int(frame["prompt"].isin(earlier_prompts(frames, split)).sum())
         return f"{leaked:,} of {rows:,} {split} prompts also appear in {before} (their scores would be inflated)", "data.split"
     return f"{split}: {kind} {kw}", "validation"
-
-
-def _lengths(split: str, column: str, lengths: pd.Series, shortest: int, longest: int) -> tuple[str, str]:
-    over, under = int((lengths > longest).sum()), int((lengths < shortest).sum())
-    parts = []
-    if over:
-        parts.append(f"{over:,} of {len(lengths):,} {split} {column}s are longer than {longest:,} characters; "
-                     f"the longest has {int(lengths.max()):,} characters")  # fmt: skip
-    if under:
-        parts.append(f"{under:,} of {len(lengths):,} {split} {column}s are shorter than {shortest:,} characters")
-    key = "validation.text_max_chars" if over else "validation.text_min_chars"
-    return "; ".join(parts), key
