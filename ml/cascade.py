@@ -10,7 +10,9 @@ than the strong part alone. The `cascade` format itself (how it predicts) is fru
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -68,28 +70,36 @@ def macro_f1(proba: np.ndarray, truth: np.ndarray) -> float:
 
 
 def calibrate(cheap: np.ndarray, strong: np.ndarray, truth: np.ndarray, floor: float) -> Calibration:
-    """The lowest threshold > 0 whose val macro-F1 is >= floor.
-
-    SkipVariant when the cheap part alone (deferring nothing) meets it, when only deferring everything does, or nothing does.
-
-    Candidates sit between consecutive distinct confidences (rows of equal confidence are deferred together), at the
-    midpoint, so a test text a little less sure than the least sure one the cheap part answers on val is deferred too.
-    """
+    """The lowest threshold > 0 whose val macro-F1 is >= floor (`lowest_cut`)."""
     confidence, f1 = macro_f1_by_deferral(cheap, strong, truth, cheap.shape[1])
-    n = len(confidence)
-    cuts = [0] + [k for k in range(1, n) if confidence[k - 1] < confidence[k]]  # k = n (defer every row) is not a candidate
-    if f1[0] >= floor - F1_SLACK:  # the threshold would be 0: a cascade that never defers is the cheap part plus a load
-        raise SkipVariant(f"the cheap part alone keeps val macro-F1 >= {floor:.4f} ({f1[0]:.4f}): the cascade would defer nothing")
+    threshold, k = lowest_cut(confidence, dict(enumerate(f1.tolist())), floor, "macro-F1", "text")
+    return Calibration(threshold=threshold, deferred_share_val=k / len(confidence), val_macro_f1=float(f1[k]), floor=floor,
+                       source="calibrated")  # fmt: skip
+
+
+def lowest_cut(ranked: np.ndarray, scores: Mapping[int, float], floor: float, metric: str, noun: str) -> tuple[float, int]:
+    """The lowest threshold whose val score is >= floor, and how many val rows it defers (a classifier's or a generator's).
+
+    `ranked`: the cheap part's confidences sorted ascending; `scores[k]`: the val score with the k least confident rows
+    deferred, for k = 0, n and every k where a threshold can cut (rows of equal confidence are deferred together).
+    SkipVariant when the cheap part alone (deferring nothing) meets the floor, when only deferring everything does (k = n
+    is not a candidate: the strong part alone is cheaper), or nothing does. Candidates sit between consecutive distinct
+    confidences, at the midpoint, so a test row a little less sure than the least sure one the cheap part answers on val
+    is deferred too.
+    """
+    n = len(ranked)
+    if scores[0] >= floor - F1_SLACK:  # the threshold would be 0: a cascade that never defers is the cheap part plus a load
+        raise SkipVariant(f"the cheap part alone keeps val {metric} >= {floor:.4f} ({scores[0]:.4f}): the cascade would defer nothing")
+    cuts = [k for k in range(1, n) if ranked[k - 1] < ranked[k]]
     for k in cuts:
-        if f1[k] >= floor - F1_SLACK:
-            middle = (confidence[k - 1] + confidence[k]) / 2 if k else 0.0
-            threshold = float(middle if not k or middle > confidence[k - 1] else confidence[k])  # adjacent floats: no midpoint
-            return Calibration(threshold=threshold, deferred_share_val=k / n, val_macro_f1=float(f1[k]), floor=floor, source="calibrated")
-    best = max(cuts, key=lambda k: f1[k])
-    figures = f"best below that: {f1[best]:.4f} deferring {best / n:.0%}; strong part alone {f1[n]:.4f}"
-    if f1[n] >= floor - F1_SLACK:
-        raise SkipVariant(f"only deferring every val text keeps macro-F1 >= {floor:.4f} ({figures}): the strong part alone is cheaper")
-    raise SkipVariant(f"no threshold keeps val macro-F1 >= {floor:.4f} (baseline val macro-F1 - select.tolerance; {figures})")
+        if scores[k] >= floor - F1_SLACK:
+            middle = (ranked[k - 1] + ranked[k]) / 2
+            return float(middle if middle > ranked[k - 1] else ranked[k]), k  # adjacent floats: no midpoint
+    best = max([0, *cuts], key=lambda k: scores[k])
+    figures = f"best below that: {scores[best]:.4f} deferring {best / n:.0%}; strong part alone {scores.get(n, math.nan):.4f}"
+    if scores.get(n, -math.inf) >= floor - F1_SLACK:
+        raise SkipVariant(f"only deferring every val {noun} keeps {metric} >= {floor:.4f} ({figures}): the strong part alone is cheaper")
+    raise SkipVariant(f"no threshold keeps val {metric} >= {floor:.4f} (baseline val {metric} - select.tolerance; {figures})")
 
 
 def at_threshold(cheap: np.ndarray, strong: np.ndarray, truth: np.ndarray, threshold: float, floor: float) -> Calibration:

@@ -10,7 +10,6 @@ frugal/runtime/formats/gen_cascade.py.
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,14 +17,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from frugal.errors import ModelError, SkipVariant
+from frugal.errors import ModelError
 from frugal.runtime.formats.gen_cascade import CHEAP, STRONG, answers
 from frugal.runtime.generator import Generation
 from frugal.runtime.manifest import TOKENIZER_DIR, Manifest
 from frugal.runtime.registry import load_generator
+from ml.cascade import lowest_cut
 
 Scorer = Callable[[list[str], list[str]], float]  # (predictions, references) -> the task metric over them, higher is better
-SCORE_SLACK = 1e-12  # float rounding: a cascade equal to the baseline on val meets a zero tolerance
 
 
 class Calibration(BaseModel):
@@ -72,28 +71,11 @@ def calibrate(
     confidence: Sequence[float], cheap: Sequence[str], strong: Sequence[str], references: Sequence[str], scorer: Scorer,
     floor: float, metric: str,
 ) -> Calibration:  # fmt: skip
-    """The lowest threshold whose val score is >= floor.
-
-    SkipVariant when the cheap part alone (deferring nothing) meets it, when only deferring everything does, or nothing does.
-    Candidates sit between consecutive distinct confidences, at the midpoint, so a test answer a little less sure than the
-    least sure one the cheap part gives on val is deferred too.
-    """
+    """The lowest threshold whose val score is >= floor: ml/cascade.py `lowest_cut`, the classifier cascade's rule."""
     ranked, scores = score_by_deferral(confidence, cheap, strong, references, scorer)
-    n = len(ranked)
-    if scores[0] >= floor - SCORE_SLACK:  # a cascade that never defers is the cheap part plus a second model to load
-        raise SkipVariant(f"the cheap part alone keeps val {metric} >= {floor:.4f} ({scores[0]:.4f}): the cascade would defer nothing")
-    cuts = [k for k in scores if k < n]  # k = n (defer every prompt) is not a candidate: the strong part alone is cheaper
-    for k in cuts[1:]:  # k = 0 failed above
-        if scores[k] >= floor - SCORE_SLACK:
-            middle = (ranked[k - 1] + ranked[k]) / 2
-            threshold = float(middle if middle > ranked[k - 1] else ranked[k])  # adjacent floats: no midpoint
-            return Calibration(threshold=threshold, deferred_share_val=k / n, val_score=scores[k], floor=floor, metric=metric,
-                               source="calibrated")  # fmt: skip
-    best = max(cuts, key=lambda k: scores[k])
-    figures = f"best below that: {scores[best]:.4f} deferring {best / n:.0%}; strong part alone {scores.get(n, math.nan):.4f}"
-    if scores.get(n, -math.inf) >= floor - SCORE_SLACK:
-        raise SkipVariant(f"only deferring every val prompt keeps {metric} >= {floor:.4f} ({figures}): the strong part alone is cheaper")
-    raise SkipVariant(f"no threshold keeps val {metric} >= {floor:.4f} (baseline val {metric} - select.tolerance; {figures})")
+    threshold, k = lowest_cut(ranked, scores, floor, metric, "prompt")
+    return Calibration(threshold=threshold, deferred_share_val=k / len(ranked), val_score=scores[k], floor=floor, metric=metric,
+                       source="calibrated")  # fmt: skip
 
 
 def at_threshold(
