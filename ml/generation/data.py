@@ -17,7 +17,7 @@ import pandas as pd
 
 from frugal.config import DataConfig, GenerateConfig, RunConfig
 from frugal.errors import DataError
-from ml.data import _CONTROL, FROM_FEEDBACK, SPLITS, _load_file, _load_hf, _resolve, split_path, summary
+from ml.data import _CONTROL, FROM_FEEDBACK, SPLITS, _load_file, _load_hf, _resolve, renamed, split_path, summary
 from ml.feedback import load_feedback, merge, shown
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,8 @@ def load_pairs(cfg: RunConfig, root: Path) -> pd.DataFrame:
     if cfg.data.source == "embedded":
         return bbc_headlines(gen)
     frame = _load_hf(cfg.data) if cfg.data.source == "hf" else _load_file(_resolve(cfg.data.path, root), cfg.data)
-    missing = [c for c in (gen.prompt_column, gen.response_column) if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"The data has no column {', '.join(map(repr, missing))} (columns: {', '.join(map(str, frame.columns))}).",
-            "Set generate.prompt_column and generate.response_column to the columns holding the prompt and the response.",
-        )
-    return pd.DataFrame({"prompt": frame[gen.prompt_column], "response": frame[gen.response_column]})
+    fix = "Set generate.prompt_column and generate.response_column to the columns holding the prompt and the response."
+    return renamed(frame, {"prompt": gen.prompt_column, "response": gen.response_column}, fix)
 
 
 def bbc_folder() -> Path:
