@@ -19,6 +19,7 @@ from frugal.paths import ProjectPaths
 from ml.compress.plan import BASELINE_FORMATS, plan
 from ml.generation.modeling import check_generative_source
 from ml.modeling import check_source
+from tasks import search, search_generate
 from tasks.cascade import build_cascades
 from tasks.compress import build_variant
 from tasks.dispatch import Dispatch, result_storage
@@ -30,8 +31,7 @@ from tasks.plumbing import tracking
 from tasks.plumbing.refs import Ref, Variant
 from tasks.prepare import prepare
 from tasks.register import Registration, register
-from tasks.search import report as search_report
-from tasks.search import search, usd_per_hour
+from tasks.search import usd_per_hour
 from tasks.select import Selection, select
 from tasks.validate import validate
 from tasks.version import restore_data, version_data
@@ -73,7 +73,8 @@ def pipeline(
         variants = [Variant(name="baseline", model=base, steps=(base.run_id,))]
         for name, steps in planned.chains.items():
             variants.append(build_variant(name, steps, base, data, cfg, paths, run_id, on.compress_step))
-        searched, priced = search(cfg, base, data, paths, run_id, on.compress_step) if cfg.compress.search.enabled else ([], None)
+        searching = search_generate if cfg.task == "generate" else search  # the same search, over causal LM shapes
+        searched, priced = searching.search(cfg, base, data, paths, run_id, on.compress_step) if cfg.compress.search.enabled else ([], None)
         variants += searched + build_cascades(cfg, variants, data, paths, run_id)  # cascades in this process: two models over val
         if until == "compress":
             return stopped(run_id, data.md5, until)
@@ -81,7 +82,7 @@ def pipeline(
         scores = [baseline] + [evaluate(v, baseline, data, cfg, paths, run_id, measure=on.measure) for v in variants[1:]]
         selection = select([s for s in scores if s is not None], variants, cfg, run_id)
         if priced is not None:  # predicted vs measured cost of the searched shapes
-            search_report(priced, [s for s in scores if s is not None], run_id, usd_per_hour(cfg))
+            searching.report(priced, [s for s in scores if s is not None], run_id, usd_per_hour(cfg))
         bundle = package(selection, variants, data, cfg, paths, run_id)
         registration = register(bundle, selection, data, cfg, paths, run_id, measure=on.measure)
     return PipelineResult(run_id=run_id, data_hash=data.md5, selection=selection, registration=registration)

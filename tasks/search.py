@@ -83,7 +83,7 @@ def search(
         share = priced.anchor_per_s / priced.predicted_per_s[shape.name]
         needs = training_seconds(share, baseline.seconds, passes, rows, s.epochs, teacher_read=bool(variants))
         if time.monotonic() - started + needs > s.budget_minutes * 60:
-            variants.append(Variant(name=shape.name, model=None, status="skipped", reason=_out_of_budget(s, started, variants, needs)))
+            variants.append(Variant(name=shape.name, model=None, status="skipped", reason=out_of_budget(s, started, variants, needs)))
             break
         variant = build_variant(shape.name, chain(shape.name, shape.steps(s, floor)), baseline, data, cfg, paths, parent_run, run_step)
         variants.append(variant)
@@ -120,26 +120,32 @@ def _val_f1(variant: Variant, data: DataRef, cfg: RunConfig, paths: ProjectPaths
     return quality(list(val["label"]), predictor.predict(list(val["text"]), cfg.evaluate.batch_size), cfg.data.labels)["macro_f1"]
 
 
-def _out_of_budget(s: SearchConfig, started: float, trained: list[Variant], needs: float) -> str:
+def out_of_budget(s: SearchConfig, started: float, trained: list[Variant], needs: float) -> str:
     """Why the search stopped, and the budget that would train this shape too (estimated from the fine-tune's time)."""
     spent = time.monotonic() - started
     done = f"{len(trained)} candidate(s) trained" if trained else "no candidate trained"
-    return (f"the search budget of {s.budget_minutes:g} min would end before this shape trains ({spent / 60:.1f} min spent, {done}; "
-            f"it needs about {needs / 60:.1f} min): raise compress.search.budget_minutes (or --budget) "
-            f"to at least {(spent + needs) / 60:.1f}")
+    return (
+        f"the search budget of {s.budget_minutes:g} min would end before this shape trains ({spent / 60:.1f} min spent, {done}; "
+        f"it needs about {needs / 60:.1f} min): raise compress.search.budget_minutes (or --budget) "
+        f"to at least {(spent + needs) / 60:.1f}"
+    )
 
 
 def report(priced: Priced, scores: list[Scores], parent_run: str, per_hour: float) -> str:
     """Predicted vs measured $/1M of every priced shape (measured: the trained ones), on the parent run as search.md."""
-    measured = {s.variant: s.metrics["usd_per_1m"] for s in scores}
-    lines = ["| shape | predicted $/1M | measured $/1M | error |", "|---|---|---|---|",
-             f"| fine-tuned + int8 (anchor) | {usd_per_1m(priced.anchor_per_s, per_hour):.4f} | | |"]  # fmt: skip
-    for name, speed in sorted(priced.predicted_per_s.items(), key=lambda kv: -kv[1]):
-        predicted = usd_per_1m(speed, per_hour)
-        if name in measured:
-            lines.append(f"| {name} | {predicted:.4f} | {measured[name]:.4f} | {measured[name] / predicted - 1:+.0%} |")
-        else:
-            lines.append(f"| {name} | {predicted:.4f} | not trained | |")
-    text = "\n".join(lines) + "\n"
+    predicted = {n: usd_per_1m(v, per_hour) for n, v in priced.predicted_per_s.items()}
+    anchor = f"| fine-tuned + int8 (anchor) | {usd_per_1m(priced.anchor_per_s, per_hour):.4f} | | |"
+    text = cost_table(predicted, {s.variant: s.metrics["usd_per_1m"] for s in scores}, "$/1M", [anchor])
     tracking.log_text(parent_run, text, "search.md")
     return text
+
+
+def cost_table(predicted: dict[str, float], measured: dict[str, float], unit: str, first: list[str]) -> str:
+    """A markdown table of each shape's predicted cost against its measured one (cheapest predicted first), after `first` rows."""
+    lines = [f"| shape | predicted {unit} | measured {unit} | error |", "|---|---|---|---|", *first]
+    for name, cost in sorted(predicted.items(), key=lambda kv: kv[1]):
+        if name in measured:
+            lines.append(f"| {name} | {cost:.4f} | {measured[name]:.4f} | {measured[name] / cost - 1:+.0%} |")
+        else:
+            lines.append(f"| {name} | {cost:.4f} | not built | |")
+    return "\n".join(lines) + "\n"

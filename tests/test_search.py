@@ -90,7 +90,7 @@ def test_the_search_prices_every_shape_and_trains_only_those_that_could_win(pref
     assert all(predicted[name] < anchor for name in trained)  # none whose untrained cost is above the anchor's is trained
     first = min(trained, key=lambda name: predicted[name])
     report = Path(mlc.download_artifacts(result.run_id, "search.md", str(project / ".frugal"))).read_text()
-    assert f"| {first} |" in report and "not trained" in report
+    assert f"| {first} |" in report and "not built" in report
 
     # A second run (as after a crash): the pricing and every trained candidate's steps come from the cache.
     runs(project, SEARCH)

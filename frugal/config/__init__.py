@@ -100,7 +100,7 @@ class RunConfig(Strict):
                 "would not fit with its answer; lower them or raise model.max_length (up to the model's own context)"
             )
         if self.task == "generate" and self.compress.search.enabled:
-            raise ValueError("compress.search prices classifier shapes only; set compress.search.enabled: false for task: generate")
+            self._generative_search()
         for name, cascade in self.compress.cascades().items():
             if cascade.threshold is not None and self.task == "classify" and cascade.threshold < 0:
                 raise ValueError(f"compress.variants.{name}.threshold is a probability for task classify: give 0-1")
@@ -109,6 +109,16 @@ class RunConfig(Strict):
         if self.task == "generate" and self.finetune.federated.enabled:
             raise ValueError("federated fine-tuning trains classifiers only; set finetune.federated.enabled: false for task: generate")
         return self
+
+    def _generative_search(self) -> None:
+        """The generative search cuts whole decoder layers of the fine-tuned model (layer_drop) and converts them (genai)."""
+        search = self.compress.search
+        if any(search.heads_fractions) or any(search.ffn_fractions):
+            raise ValueError("compress.search for task generate drops whole decoder layers and cuts no heads or neurons; "
+                             "set compress.search.heads_fractions: [0.0] and ffn_fractions: [0.0]")  # fmt: skip
+        if search.student is not None:
+            raise ValueError("compress.search for task generate cuts the fine-tuned model's own layers (the student keeps its "
+                             "tokenizer, so it can draft for it); set compress.search.student: null")  # fmt: skip
 
     @property
     def quality_metric(self) -> str:

@@ -63,6 +63,10 @@ class SearchConfig(Strict):
     transfer_rows: int = Field(ge=0, description="Extra train rows, labels hidden, each candidate learns the teacher's soft targets on.")
     learning_rate: float | None = Field(gt=0, description="Each candidate's distillation learning rate; null = the fine-tuning rate.")
     price_texts: int = Field(ge=32, description="Test texts each untrained candidate is timed on to price it.")
+    precisions: list[Literal["int8", "int4", "fp32"]] = Field(
+        min_length=1, description="task generate: the weight precisions each depth is priced and built at (genai, onnxruntime-genai)."
+    )
+    price_prompts: int = Field(ge=1, description="task generate: test prompts each untrained shape decodes generate.max_new_tokens after.")
     give_up_margin: float | None = Field(
         ge=0, description="A candidate whose best val macro-F1 halfway through its training is more than this below the floor stops "
         "there (one rung of successive halving); null = every candidate trains to the end."

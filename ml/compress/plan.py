@@ -61,7 +61,9 @@ def chain(name: str, steps: list[StepConfig], baseline_format: str = BASELINE_FO
         if refused:
             before = f"step {i} ({steps[i - 1].method}) gives" if i else "the fine-tuned baseline is"
             raise ValueError(f"{where}: {config.method} takes {' or '.join(method.accepts)}, but {before} {' or '.join(refused)}")
-        planned.append(Step(config, method))
+        # Keyed by every option's value, defaults written out: two spellings of one step (`{method: layer_drop, keep_layers: 15}`
+        # by hand, the search's `keep_layers: 15, epochs: 1.0`) are one cached step, built once.
+        planned.append(Step(StepConfig(method=config.method, **method.options.model_dump(mode="json")), method))
         given = method.produces
     return planned
 

@@ -6,6 +6,7 @@ metrics depend on the machine, so they are compared as ratios with both machines
 
 from __future__ import annotations
 
+import ast
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Recorded:
     machine: str
     variants: dict[str, dict[str, float]] = field(default_factory=dict)
     winners: dict[str, dict[int, str]] = field(default_factory=dict)  # variant -> chain step index -> the candidate a race kept
+    searched: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # variant a search built -> its chain's step configs
 
 
 def is_quality(metric: str) -> bool:
@@ -86,7 +88,7 @@ def recorded(mlc: MlflowClient, run_id: str) -> Recorded:
                                  "Rerun its config with `frugal run`; later runs can be reproduced.") from None  # fmt: skip
     machine = f"{tags.get('hw_cpu', 'unknown CPU')}, {tags.get('hw_cores', '?')} cores, GPU {tags.get('hw_gpu', 'none')}"
     return Recorded(rid, tags["data_hash"], config, tags.get("git_commit", "unknown"), tags.get("git_dirty") == "true", machine,
-                    variant_metrics(mlc, run), race_winners(mlc, run))  # fmt: skip
+                    variant_metrics(mlc, run), race_winners(mlc, run), searched_chains(mlc, run))  # fmt: skip
 
 
 def variant_metrics(mlc: MlflowClient, parent: Any) -> dict[str, dict[str, float]]:
@@ -108,6 +110,27 @@ def race_winners(mlc: MlflowClient, parent: Any) -> dict[str, dict[int, str]]:
     return winners
 
 
+def searched_chains(mlc: MlflowClient, parent: Any) -> dict[str, list[dict[str, Any]]]:
+    """Per variant the search built (`search-*`), its chain read back from its step runs' options (`option.*` params)."""
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'variant' and tags.variant LIKE 'search-%'"
+    chains = {}
+    for variant in mlc.search_runs([parent.info.experiment_id], query, max_results=1000):
+        steps = [mlc.get_run(r).data.params for r in variant.data.tags.get("steps", "").split(",")[1:] if r]
+        chains[variant.data.tags["variant"]] = [
+            {"method": p["method"], **{k.removeprefix("option."): _param(v) for k, v in p.items() if k.startswith("option.")}}
+            for p in steps
+        ]
+    return {name: chain for name, chain in chains.items() if chain}
+
+
+def _param(text: str) -> Any:
+    """An option as logged (str() of the value: a number, None, a bool, a list or dict repr, or a plain string) back to its value."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def pinned(variants: dict[str, Any], winners: dict[str, dict[int, str]]) -> dict[str, Any]:
     """The config's variants with each raced step set to build the candidate the original kept (no race: the same graph)."""
     out = dict(variants)
@@ -119,10 +142,15 @@ def pinned(variants: dict[str, Any], winners: dict[str, dict[int, str]]) -> dict
 
 
 def rerun_config(original: Recorded) -> RunConfig:
-    """The original's resolved config, reading its recorded data version, never re-pinning data.dvc, and building each raced
-    step's recorded winner instead of racing again (a race on another machine, or another moment, can keep another graph)."""
+    """The original's resolved config, reading its recorded data version, never re-pinning data.dvc, building each raced
+    step's recorded winner instead of racing again (a race on another machine, or another moment, can keep another graph),
+    and the shapes a search built instead of searching again (its pricing and budget are timings too)."""
     raw = {**original.config, "data": {**original.config.get("data", {}), "version": original.data_hash, "record_version": False}}
     compress = original.config.get("compress", {})
+    if original.searched:  # the shapes the search built, as written chains: its choices rest on timings, which vary
+        compress = {**compress, "search": {**compress.get("search", {}), "enabled": False},
+                    "variants": {**compress.get("variants", {}), **original.searched}}  # fmt: skip
+        raw["compress"] = compress
     if original.winners and isinstance(compress.get("variants"), dict):
         raw["compress"] = {**compress, "variants": pinned(compress["variants"], original.winners)}
     try:
