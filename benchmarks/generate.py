@@ -73,6 +73,25 @@ def verdicts(runs: dict[str, dict[str, float]], champion: str, metric: str) -> l
     return out
 
 
+def search_lines(parent_run: str) -> list[str]:
+    """The search's predicted vs measured cost (search.md) and the variants that were skipped, with why."""
+    import tempfile
+
+    from tasks.plumbing.tracking import mlflow_client
+
+    mlc = mlflow_client()
+    parent = mlc.get_run(parent_run)
+    where = f"tags.mlflow.parentRunId = '{parent_run}' and tags.kind = 'variant' and tags.status = 'skipped'"
+    runs = mlc.search_runs([parent.info.experiment_id], where)
+    skipped = [f"- skipped {r.data.tags['variant']}: {r.data.tags.get('skip_reason', '')}" for r in runs]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            table = Path(mlc.download_artifacts(parent_run, "search.md", tmp)).read_text().splitlines()
+        except Exception:  # no search in this config
+            table = []
+    return (["", "Search (predicted from untrained shapes vs measured):", "", *table] if table else []) + ["", *skipped]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="generate")
@@ -106,6 +125,7 @@ def main() -> int:
             *table(runs, cfg.quality_metric),
             "",
             *verdicts(runs, champion, cfg.quality_metric),
+            *search_lines(result.run_id),
         ]
     )
     out = ROOT / "benchmarks" / "results" / f"{args.config}.md"
