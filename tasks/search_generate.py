@@ -26,7 +26,7 @@ from ml.compress.plan import chain
 from ml.generation.cascade import val_generations
 from ml.generation.quality import score
 from ml.search import Bisection, order
-from ml.search_generate import GenShape, depth_of, order_full, price, space, training_seconds
+from ml.search_generate import CONVERSION_SECONDS, GenShape, depth_of, order_full, price, space, training_seconds
 from tasks.cascade_generate import GenerateCascadeSettings, val_prompts
 from tasks.compress import build_variant
 from tasks.plumbing import store, tracking
@@ -99,12 +99,15 @@ def search(
             break
     bisection = Bisection(order({sh: v for sh, v in predicted.items() if sh.layers < depth}, predicted[anchor] if anchor else 0.0))
     trained: list[Variant] = []
+    depths_trained: set[int] = set()
     while (shape := bisection.next()) is not None:
-        needs = training_seconds(shape.layers / depth, baseline.seconds, *_rows(cfg, data, paths), s.epochs)
+        needs = (CONVERSION_SECONDS if shape.layers in depths_trained  # its layer_drop step is cached: a conversion is left
+                 else training_seconds(shape.layers / depth, baseline.seconds, *_rows(cfg, data, paths), s.epochs))  # fmt: skip
         if time.monotonic() - started + needs > s.budget_minutes * 60:
             variants.append(Variant(name=shape.name, model=None, status="skipped", reason=out_of_budget(s, started, trained, needs)))
             break
         trained.append(build(shape))
+        depths_trained.add(shape.layers)
         bisection.record(shape, keeps(trained[-1]))
     log.info("Search: anchor %s; %d cut shape(s) trained", anchor.name if anchor else "none (no full-depth shape kept the bar)",
              len(trained))  # fmt: skip
