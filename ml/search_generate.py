@@ -98,12 +98,7 @@ def decode(model: Any, ids: list[int], new_tokens: int) -> tuple[int, float]:
     started = time.perf_counter()
     while not generator.is_done():
         generator.generate_next_token()
-    return len(generator.get_sequence(0)) - length + new_tokens - 1, time.perf_counter() - started
-
-
-def order_full(predicted: dict[GenShape, float], depth: int) -> list[GenShape]:
-    """The shapes that train nothing, cheapest (fastest) first: checked on val in this order until one keeps the bar."""
-    return sorted((s for s in predicted if s.layers >= depth), key=lambda s: (-predicted[s], s))
+    return len(generator.get_sequence(0)) - len(ids) - 1, time.perf_counter() - started
 
 
 # The teacher's forward beside each student step, in fine-tune steps: measured half of one (git 773ecc8, 2-core EPYC,

@@ -26,7 +26,7 @@ from ml.compress.plan import chain
 from ml.generation.cascade import val_generations
 from ml.generation.quality import score
 from ml.search import Bisection, order
-from ml.search_generate import CONVERSION_SECONDS, GenShape, depth_of, order_full, price, space, training_seconds
+from ml.search_generate import CONVERSION_SECONDS, GenShape, depth_of, price, space, training_seconds
 from tasks.cascade_generate import GenerateCascadeSettings, val_prompts
 from tasks.compress import build_variant
 from tasks.plumbing import store, tracking
@@ -92,7 +92,8 @@ def search(
     build = partial(_build, depth=depth, baseline=baseline, data=data, cfg=cfg, paths=paths, parent_run=parent_run, run_step=run_step)
     variants: list[Variant] = []
     anchor = None
-    for shape in order_full(predicted, depth):
+    rows = _rows(cfg, data, paths)
+    for shape in order({sh: v for sh, v in predicted.items() if sh.layers >= depth}, 0.0):  # train nothing: cheapest first
         variants.append(build(shape))
         if keeps(variants[-1]):
             anchor = shape
@@ -102,7 +103,7 @@ def search(
     depths_trained: set[int] = set()
     while (shape := bisection.next()) is not None:
         needs = (CONVERSION_SECONDS if shape.layers in depths_trained  # its layer_drop step is cached: a conversion is left
-                 else training_seconds(shape.layers / depth, baseline.seconds, *_rows(cfg, data, paths), s.epochs))  # fmt: skip
+                 else training_seconds(shape.layers / depth, baseline.seconds, *rows, s.epochs))  # fmt: skip
         if time.monotonic() - started + needs > s.budget_minutes * 60:
             variants.append(Variant(name=shape.name, model=None, status="skipped", reason=out_of_budget(s, started, trained, needs)))
             break

@@ -14,7 +14,7 @@ from frugal.config import load_config
 from frugal.errors import ConfigError
 from ml.compress.plan import chain
 from ml.search import Bisection, order
-from ml.search_generate import GenShape, decode, decode_rate, depth_of, order_full, price, space, training_seconds
+from ml.search_generate import GenShape, decode, decode_rate, depth_of, price, space, training_seconds
 
 PROMPTS = ["The football club signed", "Summarise the article in one headline.", "Rain again"]
 
@@ -46,7 +46,7 @@ def test_a_full_depth_shape_converts_and_a_cut_one_distills_first() -> None:
 
 def test_full_depth_shapes_are_checked_cheapest_first_and_cut_ones_only_when_cheaper_than_the_anchor() -> None:
     predicted = {GenShape(6, "int8"): 100.0, GenShape(6, "int4"): 150.0, GenShape(2, "int8"): 140.0, GenShape(2, "int4"): 300.0}
-    assert order_full(predicted, 6) == [GenShape(6, "int4"), GenShape(6, "int8")]
+    assert order({s: v for s, v in predicted.items() if s.layers >= 6}, anchor=0.0) == [GenShape(6, "int4"), GenShape(6, "int8")]
     cut = {s: v for s, v in predicted.items() if s.layers < 6}
     assert order(cut, anchor=150.0) == [GenShape(2, "int4")]  # 2L-int8 is predicted dearer than the int4 anchor: never trained
     bisection = Bisection(order(cut, anchor=100.0))
